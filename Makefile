@@ -1,0 +1,64 @@
+# payfn: the two commands a newcomer needs are `make up` and `make test`.
+# Both install what is missing first (Debian packages, the virtualenv and its
+# pinned dependencies), so they work on a fresh Debian machine with no Docker.
+
+SHELL        := /bin/bash
+PYTHON       ?= $(shell command -v python3.11 || command -v python3)
+VENV         := .venv
+BIN          := $(VENV)/bin
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := mariadb-server mariadb-client redis-server prometheus
+STAMP        := $(VENV)/.payfn-installed
+PYTEST_ARGS  ?=
+
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: up down status test unit lint bench deps system-deps clean
+
+## up: install what is missing, start the whole stack, print the URLs
+up: deps
+	$(BIN)/payfn up
+
+## down: stop everything payfn started
+down:
+	@if [ -x $(BIN)/payfn ]; then $(BIN)/payfn down; else echo "nothing installed, nothing to stop"; fi
+
+status: deps
+	$(BIN)/payfn status
+
+## test: install what is missing, lint, run unit + integration + e2e tests on a live stack
+test: deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+unit: deps
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: deps
+	$(BIN)/ruff check .
+
+## bench: the benchmarks (manual, not part of make test); results in bench-results/
+bench: deps
+	$(BIN)/python -m tests.load.bench
+
+deps: system-deps $(STAMP)
+
+# Debian packages: installed only when missing. RUNLEVEL=1 keeps Debian's
+# maintainer scripts from starting system-wide services on the ports payfn uses.
+system-deps:
+	@missing=""; for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e .
+	@touch $@
+
+clean: down
+	rm -rf .stack .aws-sam

@@ -1,0 +1,245 @@
+"""Reading ``template.yaml``: the one description of payfn.
+
+The local platform never keeps its own list of functions, tables or topics: it
+reads them here from the SAM template, resolving ``Globals`` and the intrinsic
+functions that matter locally (``!Ref`` to parameters, ``!Sub``, ``!GetAtt`` of
+tables) against parameter values taken from the local settings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+SERVICE_TAG = "payfn:service"
+
+
+class TemplateError(ValueError):
+    """The template is missing something the local platform needs."""
+
+
+class _Intrinsic(dict):
+    """A CloudFormation short-form tag (``!Ref X``) kept as its long form ``{"Ref": X}``."""
+
+
+def _make_constructor(tag: str):
+    long_name = "Ref" if tag == "Ref" else f"Fn::{tag}"
+
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> _Intrinsic:
+        if isinstance(node, yaml.ScalarNode):
+            value: Any = loader.construct_scalar(node)
+            if tag == "GetAtt" and isinstance(value, str):
+                value = value.split(".", 1)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_mapping(node, deep=True)
+        return _Intrinsic({long_name: value})
+
+    return construct
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    pass
+
+
+for _tag in ("Ref", "Sub", "GetAtt", "Join", "Select", "Split", "If", "Equals", "Not", "And", "Or",
+             "FindInMap", "ImportValue", "Base64", "Cidr", "GetAZs", "Condition"):
+    _TemplateLoader.add_constructor(f"!{_tag}", _make_constructor(_tag))
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A DynamoDB table declared in the template."""
+
+    logical_id: str
+    properties: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.properties["TableName"])
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event source of a function (Api, HttpApi, Schedule, SelfManagedKafka, MSK…)."""
+
+    name: str
+    type: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One ``AWS::Serverless::Function`` with Globals applied and intrinsics resolved."""
+
+    logical_id: str
+    properties: dict[str, Any]
+    events: list[EventSpec] = field(default_factory=list)
+
+    @property
+    def handler(self) -> str:
+        return str(self.properties["Handler"])
+
+    @property
+    def code_uri(self) -> Path:
+        return REPO_ROOT / str(self.properties.get("CodeUri", "."))
+
+    @property
+    def runtime(self) -> str:
+        return str(self.properties.get("Runtime", "python3.11"))
+
+    @property
+    def timeout(self) -> float:
+        return float(self.properties.get("Timeout", 3))
+
+    @property
+    def memory_size(self) -> int:
+        return int(self.properties.get("MemorySize", 128))
+
+    @property
+    def environment(self) -> dict[str, str]:
+        variables = self.properties.get("Environment", {}).get("Variables", {})
+        return {str(k): str(v) for k, v in variables.items()}
+
+    @property
+    def layers(self) -> list[str]:
+        return [str(layer) for layer in self.properties.get("Layers", [])]
+
+    @property
+    def reserved_concurrency(self) -> int | None:
+        value = self.properties.get("ReservedConcurrentExecutions")
+        return None if value is None else int(value)
+
+    @property
+    def service(self) -> str | None:
+        return self.properties.get("Tags", {}).get(SERVICE_TAG)
+
+
+class Template:
+    """The parsed template with parameter values resolved for one target."""
+
+    def __init__(self, raw: dict[str, Any], parameters: Mapping[str, str] | None = None) -> None:
+        self.raw = raw
+        self.parameters = {
+            name: str(spec.get("Default", "")) for name, spec in raw.get("Parameters", {}).items()
+        }
+        self.parameters.update(parameters or {})
+        self.resources: dict[str, dict[str, Any]] = raw.get("Resources", {})
+
+    def resolve(self, value: Any) -> Any:
+        """Resolve the intrinsics payfn's local platform understands; leave others as-is."""
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, Mapping):
+            return value
+        if len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self._ref(arg)
+            if key == "Fn::Sub":
+                return self._sub(arg)
+            if key == "Fn::GetAtt":
+                return self._get_att(arg)
+            if key == "Fn::Join":
+                sep, items = arg
+                return str(sep).join(str(self.resolve(i)) for i in items)
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def _ref(self, name: str) -> Any:
+        if name in self.parameters:
+            return self.parameters[name]
+        pseudo = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
+                  "AWS::StackName": "payfn", "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+        if name in pseudo:
+            return pseudo[name]
+        resource = self.resources.get(name)
+        if resource is None:
+            raise TemplateError(f"!Ref {name}: no such parameter or resource")
+        if resource["Type"] == "AWS::DynamoDB::Table":
+            return self.resolve(resource["Properties"]["TableName"])
+        return name
+
+    def _sub(self, arg: Any) -> str:
+        text, local = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in local:
+                return str(self.resolve(local[name]))
+            if "." in name:
+                return str(self._get_att(name.split(".", 1)))
+            return str(self._ref(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+    def _get_att(self, arg: list[str]) -> str:
+        logical_id, attribute = arg
+        resource = self.resources.get(logical_id)
+        if resource is None:
+            raise TemplateError(f"!GetAtt {logical_id}.{attribute}: no such resource")
+        if resource["Type"] == "AWS::DynamoDB::Table" and attribute == "Arn":
+            name = self.resolve(resource["Properties"]["TableName"])
+            return f"arn:aws:dynamodb:us-east-1:123456789012:table/{name}"
+        return f"{logical_id}.{attribute}"
+
+    def tables(self) -> list[TableSpec]:
+        return [
+            TableSpec(logical_id, self.resolve(resource.get("Properties", {})))
+            for logical_id, resource in self.resources.items()
+            if resource.get("Type") == "AWS::DynamoDB::Table"
+        ]
+
+    def functions(self) -> list[FunctionSpec]:
+        function_globals = self.raw.get("Globals", {}).get("Function", {})
+        specs = []
+        for logical_id, resource in self.resources.items():
+            if resource.get("Type") != "AWS::Serverless::Function":
+                continue
+            properties = self.resolve(_deep_merge(function_globals, resource.get("Properties", {})))
+            events = [
+                EventSpec(name, event["Type"], event.get("Properties", {}))
+                for name, event in properties.get("Events", {}).items()
+            ]
+            specs.append(FunctionSpec(logical_id, properties, events))
+        return specs
+
+    def function(self, logical_id: str) -> FunctionSpec:
+        for spec in self.functions():
+            if spec.logical_id == logical_id:
+                return spec
+        raise TemplateError(f"no function {logical_id} in the template")
+
+    def layer_paths(self) -> dict[str, Path]:
+        """Logical id of each ``AWS::Serverless::LayerVersion`` → its source folder."""
+        return {
+            logical_id: REPO_ROOT / str(resource["Properties"]["ContentUri"])
+            for logical_id, resource in self.resources.items()
+            if resource.get("Type") == "AWS::Serverless::LayerVersion"
+        }
+
+
+def load_template(path: Path = TEMPLATE_PATH, parameters: Mapping[str, str] | None = None) -> Template:
+    """Parse ``template.yaml`` (CloudFormation short-form tags included)."""
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader)  # noqa: S506
+    except FileNotFoundError:
+        raise TemplateError(f"{path} not found") from None
+    return Template(raw, parameters)

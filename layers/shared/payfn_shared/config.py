@@ -1,0 +1,172 @@
+"""Configuration from environment variables, with validated defaults.
+
+Every address payfn uses is an environment variable named ``PAYFN_<FIELD>``
+(e.g. ``PAYFN_DB_PORT``). Values are read, in increasing priority, from the
+defaults below, a ``.env`` file (``PAYFN_ENV_FILE``, default ``./.env``), the
+credentials file the local stack generates (``PAYFN_CREDENTIALS_FILE``, default
+``.stack/credentials.env``) and the process environment. The same loader serves
+Lambda handlers (where only the process environment exists) and the local
+platform, so an address is defined exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "PAYFN_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a ``KEY=VALUE`` file (``#`` comments, optional quotes); missing file → {}."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return values
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def merged_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Defaults < .env < credentials file < process environment."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, str] = {}
+    merged.update(read_env_file(Path(env.get("PAYFN_ENV_FILE", ".env"))))
+    stack_dir = env.get("PAYFN_STACK_DIR", merged.get("PAYFN_STACK_DIR", ".stack"))
+    credentials = env.get(
+        "PAYFN_CREDENTIALS_FILE",
+        merged.get("PAYFN_CREDENTIALS_FILE", str(Path(stack_dir) / "credentials.env")),
+    )
+    merged.update(read_env_file(Path(credentials)))
+    merged.update(env)
+    return merged
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (bool, "bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    return raw
+
+
+def env_value(env: Mapping[str, str], name: str, default: Any, kind: Any = str) -> Any:
+    """Read one typed variable; a malformed value raises ConfigError naming it."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return _convert(name, raw, kind)
+
+
+def load_dataclass(cls: type, env: Mapping[str, str] | None = None, prefix: str = PREFIX) -> Any:
+    """Build a dataclass whose fields map to ``<prefix><FIELD>`` variables.
+
+    Every module with its own settings (breaker, rate limits, …) uses this, so the
+    naming rule and the validation live in one place.
+    """
+    source = merged_environment(env)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        name = prefix + f.name.upper()
+        if name in source and source[name] != "":
+            kwargs[f.name] = _convert(name, source[name], f.type)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Addresses and credentials of every component (see README, "Ports")."""
+
+    bind_host: str = "127.0.0.1"
+    stack_dir: str = ".stack"
+
+    db_host: str = "127.0.0.1"
+    db_port: int = 3306
+    db_name: str = "paydb"
+    db_user: str = "payuser"
+    db_password: str = ""
+    db_readonly_user: str = "payreader"
+    db_readonly_password: str = ""
+    db_connect_timeout: float = 2.0
+
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_password: str = ""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic_partitions: int = 3
+
+    aws_endpoint_url: str = "http://127.0.0.1:5000"
+    aws_region: str = "us-east-1"
+
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = 9090
+
+    registry_host: str = "127.0.0.1"
+    registry_port: int = 8761
+    registry_table: str = "payfn-registry"
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+
+    def validate(self) -> None:
+        for f in fields(self):
+            if f.name.endswith("_port"):
+                port = getattr(self, f.name)
+                if not 0 < port < 65536:
+                    raise ConfigError(f"{PREFIX}{f.name.upper()}={port} is not a TCP port")
+
+    @property
+    def redis_url(self) -> str:
+        auth = f":{self.redis_password}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.registry_host}:{self.registry_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.prometheus_host}:{self.prometheus_port}"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The component addresses, from the environment (see module docstring)."""
+    settings: Settings = load_dataclass(Settings, env)
+    return settings

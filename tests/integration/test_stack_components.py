@@ -1,0 +1,106 @@
+"""Each component of the stack, proved through its own protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+
+import boto3
+import pymysql
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from payfn_shared.config import Settings
+from payfn_shared.topics import ALL_TOPICS
+
+from infra.migrations import discover
+
+
+def test_sql_round_trip(db: pymysql.connections.Connection) -> None:
+    with db.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE roundtrip (id INT PRIMARY KEY, note VARCHAR(20))")
+        cursor.execute("INSERT INTO roundtrip VALUES (%s, %s)", (1, "payfn"))
+        cursor.execute("SELECT note FROM roundtrip WHERE id = %s", (1,))
+        assert cursor.fetchone() == ("payfn",)
+
+
+def test_every_migration_file_applied_once(db: pymysql.connections.Connection) -> None:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        recorded = list(cursor.fetchall())
+    assert recorded == [(m.version, m.checksum) for m in discover()]
+
+
+def test_readonly_user_cannot_write(settings: Settings) -> None:
+    reader = pymysql.connect(host=settings.db_host, port=settings.db_port, user=settings.db_readonly_user,
+                             password=settings.db_readonly_password, database=settings.db_name)
+    with reader, reader.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM schema_migrations")
+        assert cursor.fetchone()[0] == len(discover())
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            cursor.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99999, 'x', 'x')")
+        assert refused.value.args[0] == 1142  # INSERT command denied
+        with pytest.raises(pymysql.err.OperationalError):
+            cursor.execute("CREATE TABLE sneaky (id INT)")
+
+
+def test_redis_set_get(redis_client) -> None:
+    key = f"payfn:test:{uuid.uuid4()}"
+    redis_client.set(key, "value", ex=30)
+    assert redis_client.get(key) == b"value"
+
+
+def test_payment_topics_exist(settings: Settings) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert set(ALL_TOPICS) <= set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def test_kafka_produce_consume_in_group_with_commit(settings: Settings) -> None:
+    topic, group = f"test.stack.{uuid.uuid4().hex[:8]}", f"test-group-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+    for i in range(5):
+        producer.send(topic, key=b"k", value=f"m{i}".encode(), headers=[("eventId", str(i).encode())])
+    producer.flush(10)
+    producer.close()
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=group,
+                             group_instance_id=f"{group}-1", auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+    received = []
+    deadline = time.monotonic() + 20
+    while len(received) < 5 and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            received.extend(records)
+    consumer.commit()
+    committed = consumer.committed(TopicPartition(topic, 0))
+    consumer.close()
+    assert [r.value for r in received] == [f"m{i}".encode() for i in range(5)]
+    assert received[0].headers == [("eventId", b"0")]
+    assert committed == 5
+
+
+def test_dynamodb_registry_table_put_get(settings: Settings) -> None:
+    table = boto3.resource(
+        "dynamodb", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
+        aws_access_key_id="test", aws_secret_access_key="test",
+    ).Table(settings.registry_table)
+    item = {"app": "TEST-SERVICE", "instanceId": str(uuid.uuid4()), "port": 1234}
+    table.put_item(Item=item)
+    stored = table.get_item(Key={"app": item["app"], "instanceId": item["instanceId"]})["Item"]
+    assert stored["port"] == 1234
+    table.delete_item(Key={"app": item["app"], "instanceId": item["instanceId"]})
+
+
+def test_prometheus_ready_and_queryable(settings: Settings) -> None:
+    with urllib.request.urlopen(f"{settings.prometheus_url}/-/ready", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"{settings.prometheus_url}/api/v1/query?query=up", timeout=5) as response:
+        assert json.load(response)["status"] == "success"

@@ -1,0 +1,59 @@
+"""The supervisor's failure handling, with real (trivial) processes and no services."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from payfn_shared.config import Settings
+
+from infra.components import Component, StackError
+from infra.process import free_port, port_open
+from infra.stack import Supervisor
+from infra.template import load_template
+
+
+class CrashingComponent(Component):
+    """Prints to its log and exits with code 3 before ever answering."""
+
+    name = "crasher"
+    title = "Crasher"
+    port_variable = "PAYFN_CRASHER_PORT"
+    start_timeout = 10.0
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.settings.gateway_port
+
+    def command(self) -> list[str]:
+        return ["sh", "-c", "echo 'fatal: cannot open the frobnicator'; exit 3"]
+
+    def healthy(self) -> bool:
+        return port_open(self.host, self.port)
+
+
+def test_component_that_exits_reports_code_and_log(tmp_path: Path) -> None:
+    settings = replace(Settings(), stack_dir=str(tmp_path), gateway_port=free_port(),
+                       db_password="x", db_readonly_password="y")
+    supervisor = Supervisor(settings, load_template(), components=[CrashingComponent])
+    with pytest.raises(StackError) as failure:
+        supervisor.up()
+    message = str(failure.value)
+    assert "exited with code 3" in message
+    assert "fatal: cannot open the frobnicator" in message
+    assert not list((tmp_path / "run").glob("*.pid"))
+
+
+def test_credentials_generated_once_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAYFN_CREDENTIALS_FILE", raising=False)
+    settings = replace(Settings(), stack_dir=str(tmp_path))
+    first = Supervisor(settings, load_template(), components=[]).settings
+    second = Supervisor(settings, load_template(), components=[]).settings
+    assert first.db_password and first.db_password == second.db_password
+    assert first.db_readonly_password != first.db_password
+    assert (tmp_path / "credentials.env").stat().st_mode & 0o077 == 0
