@@ -1,0 +1,107 @@
+"""Helpers for the payments integration tests (plain functions, no fixtures).
+
+The handlers are called in process with real API Gateway REST events (see
+``tests/apigw.py``) against real MariaDB, Redis and Kafka. Tests that stop a
+component get a private one from the supervisor's own component classes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from kafka import KafkaConsumer, TopicPartition
+from payfn_shared.config import Settings
+
+from infra.components import KafkaBroker, MariaDB, Redis
+from infra.process import free_port
+from infra.stack import Supervisor
+
+
+def merchant() -> str:
+    """A fresh merchant id: its own rate-limit buckets, its own rows."""
+    return f"it-{uuid.uuid4().hex[:12]}"
+
+
+def authorize_body(
+    merchant_id: str, amount: int = 1500, currency: str = "EUR", key: str | None = None
+) -> dict[str, Any]:
+    return {
+        "merchantId": merchant_id,
+        "amount": amount,
+        "currency": currency,
+        "idempotencyKey": key or f"key-{uuid.uuid4()}",
+    }
+
+
+Connection = pymysql.connections.Connection
+
+
+def rows(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with connection.cursor(pymysql.cursors.DictCursor) as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+
+def count(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.fetchone()[0])
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return dict(consumer.end_offsets(partitions))
+    finally:
+        consumer.close()
+
+
+def find_record(
+    bootstrap: str, topic: str, start: dict[TopicPartition, int], key: str, wait_s: float = 10.0
+) -> Any:
+    """The first record with ``key`` written after ``start`` offsets (None if none arrives)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        consumer.assign(list(start))
+        for partition, offset in start.items():
+            consumer.seek(partition, offset)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.key == key.encode():
+                        return record
+        return None
+    finally:
+        consumer.close()
+
+
+def payload_of(record: Any) -> dict[str, Any]:
+    return json.loads(record.value)
+
+
+@contextmanager
+def private_stack(base: Settings, root: Path) -> Iterator[Supervisor]:
+    """MariaDB, Redis and a Kafka broker of our own on free ports (stopped at the end)."""
+    settings = replace(
+        base,
+        stack_dir=str(root),
+        db_port=free_port(),
+        redis_port=free_port(),
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+    )
+    supervisor = Supervisor(settings, components=[MariaDB, Redis, KafkaBroker])
+    try:
+        supervisor.up()
+        yield supervisor
+    finally:
+        supervisor.down()
