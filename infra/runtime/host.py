@@ -1,0 +1,297 @@
+"""A function host: Lambda's runtime emulation for one service instance.
+
+Command line (what the stack supervisor runs)::
+
+    python -m infra.runtime.host --service INGEST-SERVICE [--port 0] [--host 127.0.0.1]
+        [--functions A,B] [--template PATH] [--port-file PATH] [--no-register]
+        [--registry-url URL] [--advertise-host HOST]
+
+- Runs every template function tagged ``payfn:service: <service>`` (plus those named
+  by ``--functions``, e.g. untagged ones).
+- ``--port 0`` (the default) binds an ephemeral port. Once it serves, the host prints
+  ``LISTENING host:port`` on stdout and writes ``host:port`` to ``--port-file``
+  (atomically), so a supervisor learns the port without parsing logs.
+- ``GET /health`` is the health check (200, JSON ``{"status": "UP", …}``);
+  ``GET /metrics`` the Prometheus text; ``POST /2015-03-31/functions/{name}/invocations``
+  Lambda's Invoke API (``name``: logical id, FunctionName, or (partial) ARN), so boto3's
+  ``lambda`` client works with ``endpoint_url``.
+- Registers with the registry as app = service, instanceId ``hostname:service:port``,
+  renews every ``PAYFN_REGISTRY_RENEW_SECONDS`` (30), cancels on SIGTERM/SIGINT. A host
+  started with ``--functions`` only has no service name and does not register. The
+  registry being down never stops the host: it serves, logs, and retries each renewal.
+- Knobs (``infra.runtime.config.HostConfig``): ``PAYFN_RUNTIME_MAX_ENVIRONMENTS`` (16),
+  ``PAYFN_RUNTIME_QUEUE_WAIT_MS`` (100; 0 = throttle at once like Lambda),
+  ``PAYFN_RUNTIME_IDLE_SECONDS`` (300), ``PAYFN_RUNTIME_CODE_CHECK_SECONDS`` (1),
+  ``PAYFN_RUNTIME_INIT_TIMEOUT_SECONDS`` (10), ``PAYFN_RUNTIME_PREWARM`` (0 environments
+  per function started at boot), ``PAYFN_RUNTIME_LOG_LEVEL`` (INFO).
+- Exit codes: 0 clean stop, 2 bad arguments or template.
+
+Design:
+
+- One process per service instance; one asyncio loop (uvloop) with an httptools
+  server (``infra.runtime.http``). Invocations are forwarded over Unix socketpairs, in
+  length-prefixed frames, to warm worker processes (``infra.runtime.worker``), one
+  invocation at a time per worker, so no thread or process is created per request.
+- Lambda's semantics live in ``environment`` (pools, concurrency, throttling, timeout
+  and crash containment), ``invoker`` (START/END/REPORT, metrics, code reload) and
+  ``worker`` (init, handler call, context, error payloads).
+- Invoke API answers follow Lambda: function errors are 200 with
+  ``X-Amz-Function-Error: Unhandled``; throttles 429 ``TooManyRequestsException``;
+  unknown functions 404 ``ResourceNotFoundException``; a non-JSON payload 400
+  ``InvalidRequestContentException``; ``Event`` → 202 (queued, never throttled),
+  ``DryRun`` → 204. A timeout kills the environment and answers 200 + Unhandled
+  ``{"errorType": "Sandbox.Timedout", "errorMessage": "RequestId: … Error: Task timed
+  out after N.NN seconds"}``; a crashed environment ``Runtime.ExitError`` (``exit
+  status 1``, ``signal: segmentation fault``…). Either way the next request gets a
+  fresh environment.
+- MemorySize is measured, not imposed with RLIMIT_AS (address space is not memory:
+  a Python process with boto3 maps far more than it uses, so RLIMIT_AS would fail
+  healthy functions): the worker's peak RSS is reported as ``Max Memory Used``, and
+  an invocation whose peak RSS exceeded MemorySize is answered as Lambda answers an
+  out-of-memory kill (``Runtime.OutOfMemory``) and its environment is replaced.
+- Logs: START/END/REPORT and the handlers' output go to stdout (the workers inherit
+  it; see ``infra.runtime.logs`` for who writes what); host diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import orjson
+import prometheus_client
+import uvloop
+from payfn_shared.config import ConfigError, load_dataclass, load_settings
+from payfn_shared.registry import InstanceInfo, RegistryClient
+
+from infra.runtime.config import HostConfig
+from infra.runtime.functions import (
+    ACCOUNT_ID,
+    REGION,
+    FunctionConfigError,
+    load_definitions,
+    template_parameters,
+)
+from infra.runtime.http import HttpProtocol, Request, Response
+from infra.runtime.invoker import FunctionHost, Throttle, new_request_id
+from infra.runtime.logs import VERSION
+from infra.runtime.metrics import RuntimeMetrics
+from infra.runtime.registration import Registration
+from infra.template import TEMPLATE_PATH, TemplateError, load_template
+
+log = logging.getLogger("payfn.runtime")
+
+INVOKE_PREFIX = "/2015-03-31/functions/"
+INVOKE_SUFFIX = "/invocations"
+MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
+    """An Invoke API error as Lambda sends it (type in ``x-amzn-ErrorType``, botocore reads it there)."""
+    return Response(status, orjson.dumps(body), [("x-amzn-ErrorType", error_type),
+                                                  ("x-amzn-RequestId", new_request_id())])
+
+
+class InvokeApi:
+    """Routes of the host's HTTP server."""
+
+    def __init__(self, host: FunctionHost, metrics: RuntimeMetrics, service: str | None) -> None:
+        self.host = host
+        self.metrics = metrics
+        self.service = service
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX):
+            if request.method != "POST":
+                return Response(405, b'{"message": "method not allowed"}')
+            return await self.invoke(request, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)])
+        if request.method == "GET" and path == "/health":
+            return self.health()
+        if request.method == "GET" and path == "/metrics":
+            return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+        return Response(404, b'{"message": "not found"}')
+
+    def health(self) -> Response:
+        functions = {
+            logical_id: {"environments": hosted.pool.environments, "busy": hosted.pool.in_use,
+                         "limit": hosted.pool.limit}
+            for logical_id, hosted in self.host.functions.items()
+        }
+        return Response(200, orjson.dumps({"status": "UP", "service": self.service, "functions": functions}))
+
+    async def invoke(self, request: Request, raw_name: str) -> Response:
+        name = unquote(raw_name)
+        qualifier = parse_qs(request.query).get("Qualifier", [""])[0] if request.query else ""
+        hosted = self.host.resolve(f"{name}:{qualifier}" if qualifier else name)
+        if hosted is None:
+            arn = name if name.startswith("arn:") else f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
+            return aws_error(404, "ResourceNotFoundException",
+                             {"Type": "User", "Message": f"Function not found: {arn}"})
+        invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")
+        if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+            return aws_error(400, "InvalidParameterValueException", {
+                "Type": "User", "message": f"Unsupported invocation type {invocation_type}"})
+        payload = request.body or b"{}"
+        if len(payload) > MAX_SYNC_PAYLOAD:
+            return aws_error(413, "RequestTooLargeException", {
+                "Type": "User",
+                "message": f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction "
+                           "operation"})
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return aws_error(400, "InvalidRequestContentException", {
+                "Type": "User", "message": f"Could not parse request body into json: {exc}"})
+        client_context = None
+        encoded_context = request.headers.get("x-amz-client-context")
+        if encoded_context:
+            try:
+                client_context = orjson.loads(base64.b64decode(encoded_context, validate=True))
+            except (binascii.Error, orjson.JSONDecodeError):
+                return aws_error(400, "InvalidRequestContentException", {
+                    "Type": "User", "message": "Client context must be a valid Base64-encoded JSON object."})
+        if invocation_type == "DryRun":
+            return Response(204, headers=[("x-amzn-RequestId", new_request_id())])
+        if invocation_type == "Event":
+            request_id = self.host.invoke_async(hosted, payload, client_context)
+            return Response(202, headers=[("x-amzn-RequestId", request_id)])
+        try:
+            result = await self.host.invoke(hosted, payload, client_context,
+                                            queue_wait=self.host.config.runtime_queue_wait_ms / 1000,
+                                            tail=request.headers.get("x-amz-log-type") == "Tail")
+        except Throttle as throttle:
+            reason = ("ReservedFunctionConcurrentInvocationLimitExceeded" if throttle.reserved
+                      else "ConcurrentInvocationLimitExceeded")
+            response = aws_error(429, "TooManyRequestsException",
+                                 {"Reason": reason, "Type": "User", "message": "Rate Exceeded."})
+            response.headers.append(("Retry-After", "1"))
+            return response
+        except OSError as exc:
+            log.error("%s: cannot start an environment: %s", hosted.definition.logical_id, exc)
+            return aws_error(500, "ServiceException", {"Type": "Service", "message": str(exc)})
+        headers = [("X-Amz-Executed-Version", VERSION), ("x-amzn-RequestId", result.request_id)]
+        if result.function_error:
+            headers.append(("X-Amz-Function-Error", result.function_error))
+        if result.log_result is not None:
+            headers.append(("X-Amz-Log-Result", result.log_result))
+        return Response(200, result.body, headers)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m infra.runtime.host",
+                                     description="Run a service's functions with Lambda's contract.")
+    parser.add_argument("--service",
+                        help="run the functions tagged payfn:service=SERVICE; also the registry app")
+    parser.add_argument("--functions", default="", help="comma-separated logical ids to run as well")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="bind port; 0 = ephemeral (default)")
+    parser.add_argument("--port-file", type=Path, help="write host:port here once listening")
+    parser.add_argument("--advertise-host", help="address registered in the registry (default: bind address)")
+    parser.add_argument("--template", type=Path, default=TEMPLATE_PATH,
+                        help="SAM template (default template.yaml)")
+    parser.add_argument("--registry-url", help="registry base URL (default: from settings)")
+    parser.add_argument("--no-register", action="store_true", help="do not register with the registry")
+    args = parser.parse_args(argv)
+    if not args.service and not args.functions:
+        parser.error("give --service and/or --functions")
+    return args
+
+
+def advertised_host(bind: str) -> str:
+    """The address others should use: a wildcard bind (all interfaces) is reached via loopback."""
+    try:
+        unspecified = ipaddress.ip_address(bind).is_unspecified
+    except ValueError:
+        unspecified = bind == ""
+    return "127.0.0.1" if unspecified else bind
+
+
+def write_port_file(path: Path, address: str) -> None:
+    """Write atomically: a reader polling the file never sees a half-written address."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(address + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    config: HostConfig = load_dataclass(HostConfig)
+    template_path = args.template.resolve()
+    template = load_template(template_path, template_parameters(settings))
+    names = [name.strip() for name in args.functions.split(",") if name.strip()]
+    definitions = load_definitions(template, template_path.parent, args.service, names)
+    if not definitions:
+        log.error("no functions to run for service=%s functions=%s", args.service, args.functions)
+        return 2
+    metrics = RuntimeMetrics()
+    host = FunctionHost(definitions, config, metrics)
+    await host.start()
+    api = InvokeApi(host, metrics, args.service)
+    loop = asyncio.get_running_loop()
+    connections: set[HttpProtocol] = set()
+    server = await loop.create_server(lambda: HttpProtocol(api.handle, connections), args.host, args.port,
+                                      backlog=2048)
+    port = server.sockets[0].getsockname()[1]
+    address = f"{args.host}:{port}"
+    if args.port_file:
+        write_port_file(args.port_file, address)
+    sys.stdout.write(f"LISTENING {address}\n")
+    sys.stdout.flush()
+    log.info("serving %s on %s", ", ".join(host.functions), address)
+
+    registration = None
+    if args.service and not args.no_register:
+        advertise = args.advertise_host or advertised_host(args.host)
+        instance = InstanceInfo(
+            app=args.service, instance_id=f"{socket.gethostname()}:{args.service}:{port}", host=advertise,
+            port=port, status="UP", metadata={
+                "functions": ",".join(host.functions), "metricsPath": "/metrics",
+                "invokePath": INVOKE_PREFIX.rstrip("/"),
+            })
+        registration = Registration(RegistryClient(args.registry_url or settings.registry_url), instance,
+                                    config.registry_renew_seconds)
+        registration.start()
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    if registration is not None:
+        await registration.stop()
+    server.close()
+    await host.close()
+    for connection in list(connections):
+        if connection.transport is not None:
+            connection.transport.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    prometheus_client.disable_created_metrics()
+    logging.basicConfig(level=os.environ.get("PAYFN_RUNTIME_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = uvloop.run(serve(args))
+    except (TemplateError, FunctionConfigError, ConfigError) as exc:
+        log.error("%s", exc)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
