@@ -1,0 +1,77 @@
+"""What the three payfn MCP servers share: answer shape, error mapping, transports.
+
+Every tool answers with
+- ``content``: the report's one-line ``summary`` (what a person reads in Claude)
+  followed by the full report as JSON text (for clients that ignore structured
+  content, as the MCP spec recommends), and
+- ``structuredContent``: the same report as an object, for programs.
+A refused request (bad filter, unknown merchant id format, database down) is a
+tool error (``isError``) whose structured content is payfn's error body
+``{code, message, errors}`` — the same body the REST API answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from payfn_shared.errors import ApiError
+
+#: Every payfn tool only reads: clients may run them without asking for confirmation.
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+HTTP_HOST = "127.0.0.1"
+
+
+def report_result(report: dict[str, Any]) -> CallToolResult:
+    """A report as a tool answer: summary + JSON text, and the report as structured content."""
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    return CallToolResult(
+        content=[
+            TextContent(type="text", text=str(report.get("summary", ""))),
+            TextContent(type="text", text=text),
+        ],
+        structured_content=json.loads(text),
+    )
+
+
+def error_result(error: ApiError) -> CallToolResult:
+    body = error.body()
+    body.pop("paymentId", None)
+    details = "; ".join(f"{e['field']}: {e['message']}" for e in body.get("errors", []))
+    text = f"{error.code}: {error.message}" + (f" ({details})" if details else "")
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=body, is_error=True
+    )
+
+
+def answer(build: Callable[[], dict[str, Any]]) -> CallToolResult:
+    """Run one report; payfn's deliberate errors become tool errors, anything else the SDK reports."""
+    try:
+        return report_result(build())
+    except ApiError as error:
+        return error_result(error)
+
+
+def serve(server: MCPServer, module: str, default_port: int, argv: Sequence[str] | None = None) -> None:
+    """stdio by default (Claude Desktop); ``--http [--port N]`` serves streamable HTTP at ``/mcp``.
+
+    HTTP binds 127.0.0.1 only, with no option to change it: the tools read payment
+    data and the server has no authentication, so it must not be reachable from
+    another machine (put an authenticating proxy in front if one is needed).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=server.instructions)
+    parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    parser.add_argument(
+        "--port", type=int, default=default_port, help=f"HTTP port (with --http), default {default_port}"
+    )
+    args = parser.parse_args(argv)
+    if args.http:
+        server.run("streamable-http", host=HTTP_HOST, port=args.port)
+    else:
+        server.run()
