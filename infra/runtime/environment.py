@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class Outcome:
     error_type: str | None = None
     status: str | None = None
     log: str | None = None
+    status_code: int | None = None
 
 
 class InitFailed(Exception):
@@ -150,9 +152,11 @@ class _FrameProtocol(asyncio.Protocol):
 class Environment:
     """One execution environment (a worker process) of one function."""
 
-    def __init__(self, definition: FunctionDefinition, generation: int) -> None:
+    def __init__(self, definition: FunctionDefinition, generation: int,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.definition = definition
         self.generation = generation
+        self.extra_env = extra_env or {}
         self.log_stream_name = new_log_stream_name()
         self.process: subprocess.Popen[bytes] | None = None
         self.protocol = _FrameProtocol()
@@ -182,7 +186,7 @@ class Environment:
                 args,
                 pass_fds=(child.fileno(),),
                 cwd=definition.code_dir,
-                env=definition.environment(self.log_stream_name),
+                env={**definition.environment(self.log_stream_name), **self.extra_env},
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -255,7 +259,8 @@ class Environment:
                            rss_kb=self.rss_kb, reusable=False, error_type="Runtime.OutOfMemory",
                            status="error")
         if reply.get("ok"):
-            return Outcome(body, ok=True, rss_kb=self.rss_kb, reusable=True, log=reply.get("log"))
+            return Outcome(body, ok=True, rss_kb=self.rss_kb, reusable=True, log=reply.get("log"),
+                           status_code=reply.get("status"))
         return Outcome(body, ok=False, rss_kb=self.rss_kb, reusable=True, error_type="Unhandled",
                        log=reply.get("log"))
 
@@ -279,8 +284,12 @@ class Environment:
 class FunctionPool:
     """The environments of one function and its concurrency accounting."""
 
-    def __init__(self, definition: FunctionDefinition, limit: int, init_timeout: float) -> None:
+    def __init__(self, definition: FunctionDefinition, limit: int, init_timeout: float,
+                 extra_env: Mapping[str, str] | None = None) -> None:
+        """``extra_env`` is added to every environment's variables by the host (not the template),
+        e.g. ``PROMETHEUS_MULTIPROC_DIR`` (see ``infra.runtime.metrics``)."""
         self.definition = definition
+        self.extra_env = dict(extra_env or {})
         self.limit = limit
         self.init_timeout = init_timeout
         self.generation = 0
@@ -323,7 +332,7 @@ class FunctionPool:
                 return handed, False
         else:
             self.in_use += 1
-        environment = Environment(self.definition, self.generation)
+        environment = Environment(self.definition, self.generation, self.extra_env)
         try:
             await environment.start(self.init_timeout)
         except BaseException:
@@ -341,7 +350,7 @@ class FunctionPool:
         ready = 0
         for _ in range(min(count, self.limit - self.in_use - len(self.idle))):
             self.in_use += 1
-            environment = Environment(self.definition, self.generation)
+            environment = Environment(self.definition, self.generation, self.extra_env)
             try:
                 await environment.start(self.init_timeout)
             except InitFailed as failure:

@@ -28,6 +28,10 @@ from infra.template import FunctionSpec, Template
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 PARAMETER_PREFIX = "PAYFN_PARAMETER_"
+#: Template ``Metadata`` key of a function listing the scrape-time collectors its host
+#: runs (``infra.runtime.collectors``), e.g. ``[circuitbreaker:kafka-publisher]``.
+COLLECTORS_METADATA = "payfn:collectors"
+API_EVENT_TYPES = ("Api", "HttpApi")
 
 
 class FunctionConfigError(ValueError):
@@ -108,6 +112,8 @@ class FunctionDefinition:
     reserved_concurrency: int | None
     service: str | None
     variables: Mapping[str, str]
+    api_paths: frozenset[str] = frozenset()
+    collectors: tuple[str, ...] = ()
 
     @property
     def arn(self) -> str:
@@ -138,6 +144,14 @@ class FunctionDefinition:
             content_uri = template_dir / str(resource["Properties"]["ContentUri"])
             layer_dirs.append(layer_folder(content_uri).resolve())
         code_dir = (template_dir / str(spec.properties.get("CodeUri", "."))).resolve()
+        metadata = template.resources.get(spec.logical_id, {}).get("Metadata", {})
+        collectors = metadata.get(COLLECTORS_METADATA, [])
+        if not isinstance(collectors, list) or not all(isinstance(c, str) for c in collectors):
+            raise FunctionConfigError(f"{spec.logical_id}: Metadata {COLLECTORS_METADATA} must be a list of "
+                                      "strings")
+        # An HTTP API event without a Path is the $default route, which is also its routeKey.
+        api_paths = frozenset(str(event.properties.get("Path", "$default")) for event in spec.events
+                              if event.type in API_EVENT_TYPES)
         if not code_dir.is_dir():
             raise FunctionConfigError(f"{spec.logical_id}: CodeUri {code_dir} is not a folder")
         return cls(
@@ -152,6 +166,8 @@ class FunctionDefinition:
             reserved_concurrency=spec.reserved_concurrency,
             service=spec.service,
             variables=spec.environment,
+            api_paths=api_paths,
+            collectors=tuple(collectors),
         )
 
     def environment(self, log_stream_name: str, base: Mapping[str, str] | None = None) -> dict[str, str]:

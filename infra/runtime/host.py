@@ -12,13 +12,16 @@ Command line (what the stack supervisor runs)::
   ``LISTENING host:port`` on stdout and writes ``host:port`` to ``--port-file``
   (atomically), so a supervisor learns the port without parsing logs.
 - ``GET /health`` is the health check (200, JSON ``{"status": "UP", …}``);
-  ``GET /metrics`` the Prometheus text; ``POST /2015-03-31/functions/{name}/invocations``
+  ``GET /metrics`` the Prometheus text (see "Metrics" below);
+  ``POST /2015-03-31/functions/{name}/invocations``
   Lambda's Invoke API (``name``: logical id, FunctionName, or (partial) ARN), so boto3's
   ``lambda`` client works with ``endpoint_url``.
 - Registers with the registry as app = service, instanceId ``hostname:service:port``,
   renews every ``PAYFN_REGISTRY_RENEW_SECONDS`` (30), cancels on SIGTERM/SIGINT. A host
   started with ``--functions`` only has no service name and does not register. The
   registry being down never stops the host: it serves, logs, and retries each renewal.
+  The instance metadata carries ``metricsPath`` and ``application`` (the service name
+  in lower case, Spring's ``spring.application.name``) for Prometheus' eureka_sd_configs.
 - Knobs (``infra.runtime.config.HostConfig``): ``PAYFN_RUNTIME_MAX_ENVIRONMENTS`` (16),
   ``PAYFN_RUNTIME_QUEUE_WAIT_MS`` (100; 0 = throttle at once like Lambda),
   ``PAYFN_RUNTIME_IDLE_SECONDS`` (300), ``PAYFN_RUNTIME_CODE_CHECK_SECONDS`` (1),
@@ -51,6 +54,24 @@ Design:
   out-of-memory kill (``Runtime.OutOfMemory``) and its environment is replaced.
 - Logs: START/END/REPORT and the handlers' output go to stdout (the workers inherit
   it; see ``infra.runtime.logs`` for who writes what); host diagnostics go to stderr.
+
+Metrics (``infra.runtime.metrics``, ``infra.runtime.collectors``):
+
+- An invocation whose event is an API Gateway proxy event (v1: ``resource`` and
+  ``httpMethod``; v2: ``routeKey``) is also recorded as
+  ``http_server_requests_seconds{application, uri, method, status, outcome}``, the
+  server timer of the seed's Spring services: ``uri`` is the template route, ``status``
+  the proxy result's ``statusCode`` (the execution environment reads it while the
+  result is still a dict, so the host never parses a response body), or what API
+  Gateway answers instead: 502 for a function error, 504 for a timeout, 429 for a
+  throttle. The event is already parsed once to validate the payload; two ``get``
+  calls on it are all the route costs.
+- Series written inside execution environments reach ``/metrics`` through
+  prometheus_client's multiprocess mode: a folder private to the host (removed when
+  it stops) is the environments' ``PROMETHEUS_MULTIPROC_DIR``.
+- Scrape-time collectors the template declares (``payfn:collectors`` Metadata).
+- ``/metrics`` is rendered on one dedicated thread, so a collector waiting for Redis
+  or MariaDB never stalls the event loop, and concurrent scrapes are serialised.
 """
 
 from __future__ import annotations
@@ -59,12 +80,15 @@ import argparse
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -72,21 +96,23 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import prometheus_client
 import uvloop
-from payfn_shared.config import ConfigError, load_dataclass, load_settings
+from payfn_shared.config import ConfigError, Settings, load_dataclass, load_settings
 from payfn_shared.registry import InstanceInfo, RegistryClient
 
+from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.config import HostConfig
 from infra.runtime.functions import (
     ACCOUNT_ID,
     REGION,
     FunctionConfigError,
+    FunctionDefinition,
     load_definitions,
     template_parameters,
 )
 from infra.runtime.http import HttpProtocol, Request, Response
-from infra.runtime.invoker import FunctionHost, Throttle, new_request_id
+from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_request_id
 from infra.runtime.logs import VERSION
-from infra.runtime.metrics import RuntimeMetrics
+from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
 from infra.runtime.registration import Registration
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
@@ -104,6 +130,38 @@ def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
                                                   ("x-amzn-RequestId", new_request_id())])
 
 
+def api_route(event: Any) -> tuple[str, str] | None:
+    """(method, template route) of an API Gateway proxy event; None for any other event.
+
+    REST (v1) events carry the route in ``resource`` and the method in ``httpMethod``;
+    HTTP API (v2) events carry ``routeKey`` (``"POST /payments/authorize"``, or
+    ``"$default"``), whose method may be ``ANY``: the request's own method is in
+    ``requestContext.http.method``.
+    """
+    if not isinstance(event, dict):
+        return None
+    route_key = event.get("routeKey")
+    if isinstance(route_key, str):
+        context = event.get("requestContext")
+        http = context.get("http") if isinstance(context, dict) else None
+        method = http.get("method") if isinstance(http, dict) else None
+        declared, _, path = route_key.partition(" ")
+        return str(method or declared), path or route_key
+    method = event.get("httpMethod")
+    resource = event.get("resource")
+    if isinstance(method, str) and isinstance(resource, str):
+        return method, resource
+    return None
+
+
+def client_status(result: Invocation) -> int:
+    """The status API Gateway answers for an invocation of a proxy integration."""
+    if result.function_error:
+        return 504 if result.timed_out else 502
+    # A result without a statusCode is a malformed proxy response: API Gateway answers 502.
+    return result.status_code or 502
+
+
 class InvokeApi:
     """Routes of the host's HTTP server."""
 
@@ -111,6 +169,10 @@ class InvokeApi:
         self.host = host
         self.metrics = metrics
         self.service = service
+        self._scrape = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrape")
+
+    def close(self) -> None:
+        self._scrape.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: Request) -> Response:
         path = request.path
@@ -121,7 +183,8 @@ class InvokeApi:
         if request.method == "GET" and path == "/health":
             return self.health()
         if request.method == "GET" and path == "/metrics":
-            return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+            text = await asyncio.get_running_loop().run_in_executor(self._scrape, self.metrics.render)
+            return Response(200, text, content_type=METRICS_CONTENT_TYPE)
         return Response(404, b'{"message": "not found"}')
 
     def health(self) -> Response:
@@ -151,7 +214,7 @@ class InvokeApi:
                 "message": f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction "
                            "operation"})
         try:
-            orjson.loads(payload)
+            event = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             return aws_error(400, "InvalidRequestContentException", {
                 "Type": "User", "message": f"Could not parse request body into json: {exc}"})
@@ -168,11 +231,15 @@ class InvokeApi:
         if invocation_type == "Event":
             request_id = self.host.invoke_async(hosted, payload, client_context)
             return Response(202, headers=[("x-amzn-RequestId", request_id)])
+        route = api_route(event)
+        started = time.perf_counter()
         try:
             result = await self.host.invoke(hosted, payload, client_context,
                                             queue_wait=self.host.config.runtime_queue_wait_ms / 1000,
                                             tail=request.headers.get("x-amz-log-type") == "Tail")
         except Throttle as throttle:
+            if route is not None:
+                hosted.http.observe(route[0], route[1], 429, time.perf_counter() - started)
             reason = ("ReservedFunctionConcurrentInvocationLimitExceeded" if throttle.reserved
                       else "ConcurrentInvocationLimitExceeded")
             response = aws_error(429, "TooManyRequestsException",
@@ -181,7 +248,11 @@ class InvokeApi:
             return response
         except OSError as exc:
             log.error("%s: cannot start an environment: %s", hosted.definition.logical_id, exc)
+            if route is not None:
+                hosted.http.observe(route[0], route[1], 502, time.perf_counter() - started)
             return aws_error(500, "ServiceException", {"Type": "Service", "message": str(exc)})
+        if route is not None:
+            hosted.http.observe(route[0], route[1], client_status(result), time.perf_counter() - started)
         headers = [("X-Amz-Executed-Version", VERSION), ("x-amzn-RequestId", result.request_id)]
         if result.function_error:
             headers.append(("X-Amz-Function-Error", result.function_error))
@@ -236,7 +307,20 @@ async def serve(args: argparse.Namespace) -> int:
     if not definitions:
         log.error("no functions to run for service=%s functions=%s", args.service, args.functions)
         return 2
-    metrics = RuntimeMetrics()
+    collectors = build_collectors(definitions)
+    metrics_dir = new_multiprocess_dir()
+    try:
+        return await _serve(args, settings, config, definitions, collectors, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfig,
+                 definitions: list[FunctionDefinition], collectors: HostCollectors | None,
+                 metrics_dir: Path) -> int:
+    metrics = RuntimeMetrics(metrics_dir)
+    if collectors is not None:
+        metrics.add_collector(collectors)
     host = FunctionHost(definitions, config, metrics)
     await host.start()
     api = InvokeApi(host, metrics, args.service)
@@ -259,6 +343,7 @@ async def serve(args: argparse.Namespace) -> int:
             app=args.service, instance_id=f"{socket.gethostname()}:{args.service}:{port}", host=advertise,
             port=port, status="UP", metadata={
                 "functions": ",".join(host.functions), "metricsPath": "/metrics",
+                "application": args.service.lower(),
                 "invokePath": INVOKE_PREFIX.rstrip("/"),
             })
         registration = Registration(RegistryClient(args.registry_url or settings.registry_url), instance,
@@ -274,6 +359,7 @@ async def serve(args: argparse.Namespace) -> int:
         await registration.stop()
     server.close()
     await host.close()
+    api.close()
     for connection in list(connections):
         if connection.transport is not None:
             connection.transport.close()

@@ -31,7 +31,7 @@ from infra.runtime import logs
 from infra.runtime.config import HostConfig
 from infra.runtime.environment import FunctionPool, InitFailed, Throttled
 from infra.runtime.functions import FunctionDefinition
-from infra.runtime.metrics import FunctionMetrics, RuntimeMetrics
+from infra.runtime.metrics import FunctionMetrics, HttpRouteMetrics, RuntimeMetrics
 
 log = logging.getLogger("payfn.runtime")
 
@@ -108,6 +108,8 @@ class Invocation:
     body: bytes
     function_error: str | None
     log_result: str | None = None
+    status_code: int | None = None
+    timed_out: bool = False
 
 
 class Throttle(Exception):
@@ -121,13 +123,15 @@ class Throttle(Exception):
 class HostedFunction:
     """A function of this host: its definition, pool and metric children."""
 
-    def __init__(self, definition: FunctionDefinition, config: HostConfig, metrics: FunctionMetrics) -> None:
+    def __init__(self, definition: FunctionDefinition, config: HostConfig, metrics: FunctionMetrics,
+                 http: HttpRouteMetrics, extra_env: dict[str, str] | None = None) -> None:
         self.definition = definition
         # ReservedConcurrentExecutions 0 is Lambda's way to disable a function: it throttles everything.
         reserved = definition.reserved_concurrency
         limit = config.runtime_max_environments if reserved is None else reserved
-        self.pool = FunctionPool(definition, limit, config.runtime_init_timeout_seconds)
+        self.pool = FunctionPool(definition, limit, config.runtime_init_timeout_seconds, extra_env)
         self.metrics = metrics
+        self.http = http
         self.code_signature: tuple[Signature, ...] | None = None
         # Read at scrape time: nothing to update on the invocation path.
         metrics.concurrent.set_function(lambda: self.pool.in_use)
@@ -143,9 +147,14 @@ class FunctionHost:
         self.write = write or BatchedStdout()
         self.functions: dict[str, HostedFunction] = {}
         self._names: dict[str, HostedFunction] = {}
+        extra_env = {}
+        if metrics.multiprocess_dir is not None:
+            extra_env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.multiprocess_dir)
         for definition in definitions:
-            hosted = HostedFunction(definition, config, metrics.for_function(definition.logical_id,
-                                                                             definition.service))
+            application = (definition.service or definition.function_name).lower()
+            hosted = HostedFunction(definition, config,
+                                    metrics.for_function(definition.logical_id, definition.service),
+                                    metrics.http_for(application, definition.api_paths), extra_env)
             self.functions[definition.logical_id] = hosted
             for name in (definition.logical_id, definition.function_name, definition.arn):
                 self._names[name] = hosted
@@ -220,7 +229,8 @@ class FunctionHost:
         log_result = None
         if tail:
             log_result = logs.tail((outcome.log or logs.start_line(request_id)) + lines)
-        return Invocation(request_id, outcome.body, None if outcome.ok else "Unhandled", log_result)
+        return Invocation(request_id, outcome.body, None if outcome.ok else "Unhandled", log_result,
+                          outcome.status_code, outcome.status == "timeout")
 
     def invoke_async(self, hosted: HostedFunction, payload: bytes,
                      client_context: dict[str, Any] | None = None) -> str:

@@ -1,23 +1,100 @@
-"""Prometheus metrics of a function host, Lambda's CloudWatch metrics under Prometheus names.
+"""Prometheus metrics of a function host.
 
-Labels are only ``function`` and ``service`` (bounded by the template), and each
-function's label children are resolved once, so recording an invocation costs a few
-attribute lookups rather than a label-dictionary lookup per metric per request.
+Three sources end up in one ``/metrics`` page:
+
+- the host's own series: Lambda's CloudWatch metrics under Prometheus names
+  (``payfn_lambda_*{function, service}``) and, for every API-event invocation, the
+  Spring/Micrometer server timer the seed's dashboard reads,
+  ``http_server_requests_seconds{application, uri, method, status, outcome}``;
+- series written inside execution environments (e.g. the rate limiter's
+  ``payfn_ratelimit_fail_open_total``): workers run with ``PROMETHEUS_MULTIPROC_DIR``
+  set to a folder private to this host, prometheus_client writes their values to
+  memory-mapped files there, and the host's ``MultiProcessCollector`` sums them at
+  scrape time (counters of environments that were retired keep counting, so a
+  total never drops when Lambda recycles an environment). The host itself runs
+  without the variable, so its hot-path series stay plain in-memory values;
+- scrape-time collectors declared in the template (``infra.runtime.collectors``).
+
+Labels are bounded by the template: ``function``/``service`` by its functions,
+``uri`` by their API event paths (anything else is ``UNKNOWN``), ``status`` by the
+HTTP status range. Label children are resolved once and cached, so recording an
+invocation costs a dictionary lookup and an ``observe``, not a label resolution per
+metric per request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     300.0, 900.0)
+#: Request-latency buckets: fine where payment APIs live (1–250 ms) so a p95 read from
+#: ``histogram_quantile`` is within a bucket of the truth, coarse above.
+HTTP_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+                0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNKNOWN = "UNKNOWN"
+MULTIPROCESS_DIR_PREFIX = "payfn-metrics-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_multiprocess_dir(root: Path | None = None) -> Path:
+    """A new private folder (``payfn-metrics-<host pid>-…``) for the environments' series.
+
+    A host removes its folder when it stops; one killed outright cannot, so the folders
+    of hosts that are no longer alive are removed here, when the next host starts.
+    """
+    base = root or Path(tempfile.gettempdir())
+    for stale in base.glob(f"{MULTIPROCESS_DIR_PREFIX}*-*"):
+        pid = stale.name.removeprefix(MULTIPROCESS_DIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(stale)
+    return Path(tempfile.mkdtemp(prefix=f"{MULTIPROCESS_DIR_PREFIX}{os.getpid()}-", dir=base))
+
+
+def outcome_of(status: int) -> str:
+    """Micrometer's ``outcome`` tag for an HTTP status."""
+    if status < 200:
+        return "INFORMATIONAL"
+    if status < 300:
+        return "SUCCESS"
+    if status < 400:
+        return "REDIRECTION"
+    if status < 500:
+        return "CLIENT_ERROR"
+    return "SERVER_ERROR"
 
 
 class RuntimeMetrics:
-    """The host's registry and metric families."""
+    """The host's registry and metric families.
 
-    def __init__(self) -> None:
+    ``multiprocess_dir`` is the folder the host's execution environments write their
+    own series to (``PROMETHEUS_MULTIPROC_DIR`` in their environment); None means the
+    environments' series are not collected.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
         labels = ("function", "service")
         self.invocations = Counter("payfn_lambda_invocations", "Invocations (Lambda's Invocations)", labels,
                                    registry=self.registry)
@@ -37,9 +114,23 @@ class RuntimeMetrics:
                                 registry=self.registry)
         self.environments = Gauge("payfn_lambda_environments", "Execution environments alive (busy + idle)",
                                   labels, registry=self.registry)
+        self.http_requests = Histogram(
+            "http_server_requests_seconds",
+            "API-event invocations as the client sees them (Micrometer's server timer): template route, "
+            "method, the proxy result's status (502/504 for function errors/timeouts, 429 for throttles)",
+            ("application", "uri", "method", "status", "outcome"), buckets=HTTP_BUCKETS,
+            registry=self.registry)
+        if multiprocess_dir is not None:
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
 
     def for_function(self, function: str, service: str | None) -> FunctionMetrics:
         return FunctionMetrics(self, function, service or "")
+
+    def http_for(self, application: str, uris: Iterable[str]) -> HttpRouteMetrics:
+        return HttpRouteMetrics(self.http_requests, application, uris)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -58,3 +149,30 @@ class FunctionMetrics:
         self.init_duration = metrics.init_duration.labels(function, service)
         self.concurrent = metrics.concurrent.labels(function, service)
         self.environments = metrics.environments.labels(function, service)
+
+
+class HttpRouteMetrics:
+    """``http_server_requests_seconds`` of one function's API routes.
+
+    ``uris`` are the function's template paths (API Gateway's ``resource``, e.g.
+    ``/payments/capture/{paymentId}``): a route the template does not declare is
+    recorded as ``UNKNOWN`` so that no caller can create series at will.
+    """
+
+    def __init__(self, histogram: Histogram, application: str, uris: Iterable[str]) -> None:
+        self._histogram = histogram
+        self._application = application
+        self._uris = frozenset(uris)
+        self._children: dict[tuple[str, str, int], Histogram] = {}
+
+    def observe(self, method: str, uri: str, status: int, seconds: float) -> None:
+        # Normalised before the cache lookup, so that unknown routes cannot grow the cache either.
+        key = (method if method in HTTP_METHODS else UNKNOWN, uri if uri in self._uris else UNKNOWN,
+               status if 100 <= status <= 599 else 0)
+        child = self._children.get(key)
+        if child is None:
+            method, route, status = key
+            status_label, outcome = (str(status), outcome_of(status)) if status else (UNKNOWN, UNKNOWN)
+            child = self._histogram.labels(self._application, route, method, status_label, outcome)
+            self._children[key] = child
+        child.observe(seconds)

@@ -234,22 +234,38 @@ def _log_error(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _run(function: Callable[[Any, Any], Any], body: bytes, context: LambdaContext) -> tuple[bool, bytes]:
-    """Call the handler; (succeeded, JSON result or Lambda's error payload)."""
+def proxy_status(result: Any) -> int | None:
+    """The ``statusCode`` of an API Gateway proxy result, if ``result`` is one.
+
+    Read here, where the result is still a dict, so that the host can label its
+    HTTP metrics without parsing every response body again.
+    """
+    if isinstance(result, dict):
+        status = result.get("statusCode")
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status
+        if isinstance(status, str) and status.isdigit():
+            return int(status)
+    return None
+
+
+def _run(function: Callable[[Any, Any], Any], body: bytes,
+         context: LambdaContext) -> tuple[bool, bytes, int | None]:
+    """Call the handler; (succeeded, JSON result or Lambda's error payload, proxy status code)."""
     try:
         result = function(orjson.loads(body), context)
     except Exception as exc:
         payload = error_payload(exc, context.aws_request_id)
         _log_error(payload)
-        return False, orjson.dumps(payload)
+        return False, orjson.dumps(payload), None
     try:
-        return True, serialize_result(result)
+        return True, serialize_result(result), proxy_status(result)
     except (TypeError, ValueError) as exc:
         message = f"Unable to marshal response: {exc}"
         payload = error_payload(exc, context.aws_request_id, "Runtime.MarshalError", message)
         payload["stackTrace"] = []
         _log_error(payload)
-        return False, orjson.dumps(payload)
+        return False, orjson.dumps(payload), None
 
 
 def serve(sock: socket.socket, function: Callable[[Any, Any], Any],
@@ -276,11 +292,13 @@ def serve(sock: socket.socket, function: Callable[[Any, Any], Any],
         reply: dict[str, Any] = {}
         if meta.get("tail"):
             with _captured(log_handler) as copy:
-                ok, out = _run(function, body, context)
+                ok, out, status = _run(function, body, context)
             reply["log"] = start + "".join(copy)[-TAIL_BYTES:]
         else:
-            ok, out = _run(function, body, context)
+            ok, out, status = _run(function, body, context)
         reply["ok"] = ok
+        if status is not None:
+            reply["status"] = status
         reply["rss_kb"] = _max_rss_kb()
         sock.sendall(encode_frame(reply, out))
 
