@@ -1,0 +1,38 @@
+"""The gateway's own knobs (``PAYFN_GATEWAY_*``), loaded with ``payfn_shared.config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from payfn_shared.config import ConfigError
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Limits and timings of the edge.
+
+    ``gateway_max_body_bytes`` is checked before the body is read (413 on the
+    Content-Length alone). ``gateway_integration_timeout`` caps the wait for a
+    function as API Gateway's 29 s integration timeout does; the function's own
+    Timeout (plus a second for the host) applies when shorter.
+    """
+
+    gateway_max_body_bytes: int = 1024 * 1024
+    gateway_refresh_interval: float = 2.0
+    gateway_quarantine_seconds: float = 15.0
+    gateway_pool_size: int = 64
+    gateway_connect_timeout: float = 1.0
+    gateway_integration_timeout: float = 29.0
+    gateway_access_log: bool = True
+    gateway_register: bool = True
+    gateway_renew_seconds: float = 30.0
+
+    def validate(self) -> None:
+        if self.gateway_max_body_bytes < 1:
+            raise ConfigError("PAYFN_GATEWAY_MAX_BODY_BYTES must be ≥ 1")
+        for name in ("gateway_refresh_interval", "gateway_connect_timeout", "gateway_integration_timeout",
+                     "gateway_renew_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"PAYFN_{name.upper()} must be > 0")
+        if self.gateway_quarantine_seconds < 0 or self.gateway_pool_size < 1:
+            raise ConfigError("PAYFN_GATEWAY_QUARANTINE_SECONDS must be ≥ 0 and _POOL_SIZE ≥ 1")

@@ -1,0 +1,419 @@
+"""The registry's HTTP face: Eureka's REST API, a dashboard, health and metrics.
+
+A threaded ``http.server`` is enough here: the registry's work is DynamoDB calls
+through boto3 (blocking), reads are served from a one-second cache, and the load
+is a heartbeat per instance every 30 s plus a few polling readers. Each handler
+thread answers keep-alive HTTP/1.1 so pollers reuse their connection.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
+from payfn_shared.config import ConfigError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from infra.registry import eureka
+from infra.registry.status import render_status
+from infra.registry.store import STATUSES, Instance, RegistryStore, UnknownInstanceError, now_millis
+
+log = logging.getLogger("payfn.registry")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """Lease and cache knobs (``PAYFN_REGISTRY_*``); a client's own leaseInfo wins when it sends one."""
+
+    registry_lease_duration: int = 90
+    registry_renewal_interval: int = 30
+    registry_eviction_interval: float = 60.0
+    registry_cache_ttl: float = 1.0
+
+    def validate(self) -> None:
+        if self.registry_lease_duration < 1 or self.registry_renewal_interval < 1:
+            raise ConfigError("PAYFN_REGISTRY_LEASE_DURATION and _RENEWAL_INTERVAL must be ≥ 1 s")
+        if self.registry_renewal_interval >= self.registry_lease_duration:
+            raise ConfigError("PAYFN_REGISTRY_RENEWAL_INTERVAL must be shorter than the lease duration")
+        if self.registry_eviction_interval <= 0 or self.registry_cache_ttl < 0:
+            raise ConfigError("PAYFN_REGISTRY_EVICTION_INTERVAL must be > 0 and _CACHE_TTL ≥ 0")
+
+
+class _InstancesCollector(Collector):
+    """``registry_instances{app,status}`` computed from the (cached) leases at scrape time."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self._store = store
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "registry_instances", "Live registered instances", labels=["app", "status"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for instance in self._store.all_instances():
+            key = (instance.app, instance.status)
+            counts[key] = counts.get(key, 0) + 1
+        for (app, status), count in sorted(counts.items()):
+            family.add_metric([app, status], count)
+        yield family
+
+
+class RegistryMetrics:
+    """The registry's own Prometheus registry (one per server, so tests can run several)."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_InstancesCollector(store))
+        self.operations = Counter(
+            "registry_operations", "Eureka operations by kind and outcome",
+            ["operation", "outcome"], registry=self.registry,
+        )
+        self.evictions = Counter("registry_evictions", "Leases evicted by the sweep", registry=self.registry)
+        self.requests = Histogram(
+            "http_server_requests_seconds", "HTTP requests served",
+            ["application", "uri", "method", "status"], registry=self.registry,
+        )
+
+
+class RegistryServer(ThreadingHTTPServer):
+    """Threaded HTTP server carrying the store, config and metrics its handlers need."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], store: RegistryStore, config: RegistryConfig) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = RegistryMetrics(store)
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="registry-sweep", daemon=True)
+        super().__init__(address, RegistryHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start_sweeper(self) -> None:
+        self._sweeper.start()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.config.registry_eviction_interval):
+            self.sweep()
+
+    def sweep(self) -> list[Instance]:
+        """Evict expired leases now; failures are logged (the next sweep tries again)."""
+        try:
+            evicted = self.store.evict_expired()
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("eviction sweep failed: %s", exc)
+            return []
+        for instance in evicted:
+            log.info("evicted %s/%s (lease expired)", instance.app, instance.instance_id)
+        self.metrics.evictions.inc(len(evicted))
+        return evicted
+
+    def server_close(self) -> None:
+        self._stop.set()
+        super().server_close()
+
+
+class _Reply(Exception):
+    """Raised by a route to answer at once with a status and an optional JSON message."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RegistryHandler(BaseHTTPRequestHandler):
+    """Routes one request; every answer goes through :meth:`_send` (metrics, keep-alive)."""
+
+    server: RegistryServer
+    protocol_version = "HTTP/1.1"
+    server_version = "payfn-registry"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json") -> None:
+        self.send_response(status)
+        if body or status not in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+        self._status = status
+
+    def _wants_json(self) -> bool:
+        """Jersey's negotiation as Eureka uses it: JSON only when asked before XML."""
+        accept = self.headers.get("Accept", "").lower()
+        json_at, xml_at = accept.find("json"), accept.find("xml")
+        return json_at >= 0 and (xml_at < 0 or json_at < xml_at)
+
+    def _send_document(self, document: dict[str, Any]) -> None:
+        if self._wants_json():
+            self._send(200, json.dumps(document, separators=(",", ":")).encode())
+        else:
+            self._send(200, eureka.to_xml(document), "application/xml")
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        start = time.perf_counter()
+        self._status = 500
+        parts = urlsplit(self.path)
+        self._query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        segments = [unquote(s) for s in parts.path.split("/") if s]
+        route, handler = self._route(segments)
+        try:
+            handler()
+        except _Reply as reply:
+            body = json.dumps({"error": reply.message}).encode() if reply.message else b""
+            self._send(reply.status, body)
+        except UnknownInstanceError as exc:
+            self._send(404, json.dumps({"error": f"unknown instance {exc}"}).encode())
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("DynamoDB call failed: %s", exc)
+            self._send(503, json.dumps({"error": "registry table unavailable"}).encode())
+        finally:
+            self.server.metrics.requests.labels(
+                "registry", route, self.command, str(self._status)
+            ).observe(time.perf_counter() - start)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
+
+    def _route(self, segments: list[str]) -> tuple[str, Callable[[], None]]:
+        """(uri template for metrics, handler) for a path; Eureka's ``/eureka`` prefix is optional."""
+        method = "GET" if self.command == "HEAD" else self.command
+        if segments and segments[0] == "eureka":
+            segments = segments[1:]
+        if not segments:
+            return "/", self._dashboard if method == "GET" else self._not_allowed
+        head, rest = segments[0], segments[1:]
+        if head in ("health", "metrics") and not rest and method == "GET":
+            return f"/{head}", self._health if head == "health" else self._metrics
+        if head == "status" and not rest and method == "GET":
+            return "/status", self._status_page
+        if head == "instances" and len(rest) == 1 and method == "GET":
+            return "/eureka/instances/{id}", lambda: self._get_by_id(rest[0])
+        if head == "vips" and len(rest) == 1 and method == "GET":
+            return "/eureka/vips/{vip}", lambda: self._get_vip(rest[0])
+        if head != "apps":
+            return "NOT_FOUND", self._not_found
+        if not rest:
+            return "/eureka/apps", self._get_apps if method == "GET" else self._not_allowed
+        if rest == ["delta"]:
+            return "/eureka/apps/delta", self._get_delta if method == "GET" else self._not_allowed
+        app = rest[0].upper()
+        if len(rest) == 1:
+            table = {"GET": lambda: self._get_app(app), "POST": lambda: self._register(app)}
+            return "/eureka/apps/{app}", table.get(method, self._not_allowed)
+        instance_id = rest[1]
+        if len(rest) == 2:
+            table = {
+                "GET": lambda: self._get_instance(app, instance_id),
+                "PUT": lambda: self._renew(app, instance_id),
+                "DELETE": lambda: self._cancel(app, instance_id),
+            }
+            return "/eureka/apps/{app}/{id}", table.get(method, self._not_allowed)
+        if len(rest) == 3 and rest[2] == "status":
+            table = {
+                "PUT": lambda: self._set_status(app, instance_id),
+                "DELETE": lambda: self._delete_status(app, instance_id),
+            }
+            return "/eureka/apps/{app}/{id}/status", table.get(method, self._not_allowed)
+        if len(rest) == 3 and rest[2] == "metadata" and method == "PUT":
+            return "/eureka/apps/{app}/{id}/metadata", lambda: self._update_metadata(app, instance_id)
+        return "NOT_FOUND", self._not_found
+
+    def _not_found(self) -> None:
+        raise _Reply(404, "not found")
+
+    def _not_allowed(self) -> None:
+        raise _Reply(405, "method not allowed")
+
+    def _count(self, operation: str, outcome: str) -> None:
+        self.server.metrics.operations.labels(operation, outcome).inc()
+
+    # --- Eureka writes --------------------------------------------------------------
+
+    def _register(self, app: str) -> None:
+        body = self._body()
+        content_type = self.headers.get("Content-Type", "").lower()
+        try:
+            if "xml" in content_type or body.lstrip().startswith(b"<"):
+                document = eureka.parse_instance_xml(body)
+            else:
+                parsed = json.loads(body or b"null")
+                document = parsed.get("instance") if isinstance(parsed, dict) else None
+                if not isinstance(document, dict):
+                    raise eureka.BadInstanceError('JSON body must be {"instance": {...}}')
+            config = self.server.config
+            instance = eureka.instance_from_document(
+                app, document, config.registry_lease_duration, config.registry_renewal_interval
+            )
+        except (ValueError, eureka.BadInstanceError) as exc:
+            self._count("register", "rejected")
+            raise _Reply(400, str(exc)) from None
+        self.server.store.register(instance)
+        self._count("register", "ok")
+        log.info("registered %s/%s at %s:%s (%s)", app, instance.instance_id, instance.host_name,
+                 instance.port, instance.status)
+        self._send(204)
+
+    def _renew(self, app: str, instance_id: str) -> None:
+        try:
+            self.server.store.renew(app, instance_id)
+        except UnknownInstanceError:
+            self._count("renew", "unknown")
+            raise
+        self._count("renew", "ok")
+        self._send(200)
+
+    def _cancel(self, app: str, instance_id: str) -> None:
+        self.server.store.cancel(app, instance_id)
+        self._count("cancel", "ok")
+        log.info("cancelled %s/%s", app, instance_id)
+        self._send(200)
+
+    def _status_value(self, required: bool) -> str | None:
+        value = self._query.get("value", "").upper() or None
+        if value is None and required:
+            raise _Reply(400, "status value required")
+        if value is not None and value not in STATUSES:
+            raise _Reply(400, f"unknown status {value}")
+        return value
+
+    def _set_status(self, app: str, instance_id: str) -> None:
+        value = str(self._status_value(required=True))
+        self.server.store.set_override(app, instance_id, value)
+        self._count("status", "ok")
+        self._send(200)
+
+    def _delete_status(self, app: str, instance_id: str) -> None:
+        self.server.store.delete_override(app, instance_id, self._status_value(required=False))
+        self._count("status", "ok")
+        self._send(200)
+
+    def _update_metadata(self, app: str, instance_id: str) -> None:
+        self.server.store.update_metadata(app, instance_id, self._query)
+        self._send(200)
+
+    # --- Eureka reads ---------------------------------------------------------------
+
+    def _version(self, instances: list[Instance]) -> int:
+        """Changes whenever an instance changes; deletions show in the hashcode instead."""
+        return max((i.last_updated_ts for i in instances), default=0)
+
+    def _get_apps(self) -> None:
+        apps = self.server.store.apps()
+        everything = [i for instances in apps.values() for i in instances]
+        self._send_document(eureka.applications_json(apps, self._version(everything)))
+
+    def _get_delta(self) -> None:
+        """Instances changed in the last 3 minutes (Eureka's window), hash over the whole registry.
+
+        Removals are not listed: the client sees the hashcode disagree and fetches
+        the full registry, which is the recovery Eureka clients are built for.
+        """
+        everything = self.server.store.all_instances()
+        since = now_millis() - 180_000
+        recent: dict[str, list[Instance]] = {}
+        for instance in everything:
+            if instance.last_updated_ts >= since:
+                recent.setdefault(instance.app, []).append(instance)
+        self._send_document(
+            eureka.applications_json(recent, self._version(everything), "MODIFIED", hash_over=everything)
+        )
+
+    def _get_app(self, app: str) -> None:
+        instances = self.server.store.apps().get(app)
+        if not instances:
+            raise _Reply(404, f"unknown application {app}")
+        self._send_document({"application": eureka.application_json(app, instances)})
+
+    def _get_vip(self, vip: str) -> None:
+        matching: dict[str, list[Instance]] = {}
+        for instance in self.server.store.all_instances():
+            if (instance.document.get("vipAddress") or instance.app.lower()) == vip:
+                matching.setdefault(instance.app, []).append(instance)
+        everything = [i for instances in matching.values() for i in instances]
+        self._send_document(eureka.applications_json(matching, self._version(everything)))
+
+    def _get_instance(self, app: str, instance_id: str) -> None:
+        self._send_document({"instance": eureka.instance_json(self.server.store.get(app, instance_id))})
+
+    def _get_by_id(self, instance_id: str) -> None:
+        self._send_document({"instance": eureka.instance_json(self.server.store.find(instance_id))})
+
+    # --- operator pages ---------------------------------------------------------------
+
+    def _health(self) -> None:
+        try:
+            count = len(self.server.store.all_instances())
+        except (BotoCoreError, ClientError) as exc:
+            body = {"status": "DOWN", "table": self.server.store.table, "error": str(exc)}
+            self._send(503, json.dumps(body).encode())
+            return
+        body = {"status": "UP", "table": self.server.store.table, "instances": count}
+        self._send(200, json.dumps(body).encode())
+
+    def _metrics(self) -> None:
+        self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+
+    def _status_page(self) -> None:
+        """The operator's first look: instances, breaker, outbox, lag, request rate (status.py)."""
+        self._send(200, render_status(self.server.store.apps()), "text/html; charset=utf-8")
+
+    def _dashboard(self) -> None:
+        apps = self.server.store.apps()
+        now = now_millis()
+        rows = []
+        for app, instances in apps.items():
+            for i in instances:
+                age = (now - i.last_renewal_ts) / 1000
+                left = i.expires_at - now / 1000
+                metadata = ", ".join(f"{k}={v}" for k, v in sorted(i.metadata.items()))
+                rows.append(
+                    f"<tr><td>{html.escape(app)}</td><td>{html.escape(i.instance_id)}</td>"
+                    f"<td>{html.escape(i.host_name)}:{i.port}</td>"
+                    f'<td class="{html.escape(i.status)}">{html.escape(i.status)}</td>'
+                    f"<td>{age:.1f} s ago</td><td>{left:.0f} s</td>"
+                    f"<td>{html.escape(metadata)}</td></tr>"
+                )
+        summary = ", ".join(f"{html.escape(app)} ({len(items)})" for app, items in apps.items()) or "none"
+        page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>payfn registry</title>
+<meta http-equiv="refresh" content="5">
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.UP{{color:#080}}
+.DOWN,.OUT_OF_SERVICE{{color:#b00}}.STARTING{{color:#a60}}</style></head>
+<body><h1>payfn registry</h1>
+<p>Table <code>{html.escape(self.server.store.table)}</code> · services: {summary} ·
+leases {self.server.config.registry_lease_duration} s, renewals every
+{self.server.config.registry_renewal_interval} s</p>
+<table><tr><th>Application</th><th>Instance</th><th>Address</th><th>Status</th>
+<th>Last renewal</th><th>Lease left</th><th>Metadata</th></tr>
+{"".join(rows) or '<tr><td colspan="7">No instances registered</td></tr>'}
+</table></body></html>"""
+        self._send(200, page.encode(), "text/html; charset=utf-8")
