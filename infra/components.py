@@ -24,7 +24,7 @@ from pathlib import Path
 
 from payfn_shared.config import Settings
 
-from infra.template import REPO_ROOT, Template
+from infra.template import Template
 
 #: How long a component may take to answer its first health check.
 DEFAULT_START_TIMEOUT = 45.0
@@ -64,6 +64,8 @@ class Component(ABC):
     #: Seconds to wait after SIGTERM before SIGKILL.
     stop_timeout: float = 20.0
     start_timeout: float = DEFAULT_START_TIMEOUT
+    #: False for processes on ephemeral ports (function hosts): nothing to collide with.
+    fixed_port: bool = True
 
     def __init__(self, settings: Settings, paths: StackPaths, template: Template) -> None:
         self.settings = settings
@@ -387,6 +389,21 @@ class Prometheus(Component):
     def healthy(self) -> bool:
         return http_ok(f"{self.settings.prometheus_url}/-/ready")
 
+    def provision(self, owned: bool) -> None:
+        """Keep a running Prometheus on the current rules and targets: re-render, reload if changed."""
+        from infra.observability import render_prometheus_config
+
+        if not owned:
+            return
+        if render_prometheus_config(self.settings, self.config_file):
+            reload_url = f"{self.settings.prometheus_url}/-/reload"
+            request = urllib.request.Request(reload_url, method="POST")  # noqa: S310 - local http URL
+            try:
+                with urllib.request.urlopen(request, timeout=5):  # noqa: S310 - local http URL
+                    pass
+            except (urllib.error.URLError, OSError) as error:
+                raise StackError(f"Prometheus did not reload its configuration: {error}") from error
+
     def url(self) -> str:
         return self.settings.prometheus_url
 
@@ -394,7 +411,3 @@ class Prometheus(Component):
 #: Start order: storage first, then what depends on it.
 INFRASTRUCTURE: tuple[type[Component], ...] = (MariaDB, Redis, KafkaBroker, MotoServer, Prometheus)
 
-__all__ = [
-    "INFRASTRUCTURE", "REPO_ROOT", "Component", "KafkaBroker", "MariaDB", "MotoServer", "Prometheus",
-    "Redis", "StackError", "StackPaths",
-]

@@ -16,15 +16,17 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from payfn_shared.config import Settings, load_settings, read_env_file
 
-from infra.components import INFRASTRUCTURE, Component, StackError, StackPaths
+from infra.components import Component, StackError, StackPaths
 from infra.process import ManagedProcess, port_open, tail
+from infra.services import ComponentFactory, ScaleFile, stack_components
 from infra.template import REPO_ROOT, Template, load_template
 
 #: States shown by ``payfn status``.
@@ -72,11 +74,19 @@ class Supervisor:
     """Starts and stops the components of one stack (one ``.stack`` folder)."""
 
     def __init__(self, settings: Settings | None = None, template: Template | None = None,
-                 components: Sequence[type[Component]] = INFRASTRUCTURE) -> None:
+                 components: Sequence[ComponentFactory] | None = None,
+                 scale: Mapping[str, int] | None = None) -> None:
         self.settings = ensure_credentials(settings or load_settings())
         self.paths = stack_paths(self.settings)
         self.template = template or load_template()
-        self.components = [cls(self.settings, self.paths, self.template) for cls in components]
+        scale_file = ScaleFile(self.paths)
+        if scale is not None:
+            scale_file.write({**scale_file.read(), **scale})
+        #: Only the whole stack knows which of our processes are leftovers (e.g. scaled down).
+        self.whole_stack = components is None
+        if components is None:
+            components = stack_components(self.template, scale_file.read())
+        self.components = [factory(self.settings, self.paths, self.template) for factory in components]
 
     def process(self, component: Component) -> ManagedProcess:
         return ManagedProcess(component.name, self.paths.run, self.paths.logs)
@@ -110,9 +120,24 @@ class Supervisor:
             + (f"\n  last lines of {process.log_file}:\n{log_lines}" if process else "")
         )
 
+    def _stop_orphans(self) -> None:
+        """Stop processes of ours that the current component set no longer has (e.g. scaled down)."""
+        if not self.whole_stack:
+            return
+        known = {component.name for component in self.components}
+        for pid_file in sorted(self.paths.run.glob("*.pid")):
+            if pid_file.stem not in known:
+                ManagedProcess(pid_file.stem, self.paths.run, self.paths.logs).stop()
+
     def up(self) -> list[ComponentStatus]:
         """Bring every component up (idempotent); returns each one's state."""
         with self._locked():
+            self._stop_orphans()
+            if all(self.process(component).pid is not None for component in self.components):
+                # Everything is ours and running: check and provision all at once, so a
+                # second `payfn up` costs one round of health checks, not the sum of them.
+                with ThreadPoolExecutor(max_workers=max(1, len(self.components))) as pool:
+                    return list(pool.map(lambda component: self._bring_up(component, []), self.components))
             statuses: list[ComponentStatus] = []
             started: list[tuple[Component, ManagedProcess]] = []
             try:
@@ -130,7 +155,7 @@ class Supervisor:
         if process.pid is not None:
             self._wait_healthy(component, None)
             state, owned = RUNNING, True
-        elif port_open(component.host, component.port):
+        elif component.fixed_port and port_open(component.host, component.port):
             if not component.healthy():
                 raise StackError(
                     f"port {component.port} ({component.title}) is held by another program that does not "
@@ -160,7 +185,7 @@ class Supervisor:
             pid = self.process(component).pid
             if pid is not None:
                 state = RUNNING if component.healthy() else FAILED
-            elif port_open(component.host, component.port):
+            elif component.fixed_port and port_open(component.host, component.port):
                 state = EXTERNAL if component.healthy() else FOREIGN
             else:
                 state = STOPPED
@@ -171,6 +196,8 @@ class Supervisor:
     def down(self, names: Sequence[str] | None = None) -> list[tuple[str, bool]]:
         """Stop our processes in reverse start order; returns (name, stopped cleanly)."""
         with self._locked():
+            if not names:
+                self._stop_orphans()
             results = []
             for component in reversed(self.components):
                 if names and component.name not in names:

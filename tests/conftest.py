@@ -16,6 +16,7 @@ import pytest
 import redis
 from payfn_shared.config import PREFIX, Settings
 
+from infra.components import INFRASTRUCTURE
 from infra.stack import STARTED, ComponentStatus, Supervisor
 
 
@@ -35,15 +36,25 @@ def export_settings(settings: Settings) -> None:
         os.environ[PREFIX + f.name.upper()] = str(getattr(settings, f.name))
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[RunningStack]:
-    supervisor = Supervisor()
+def _run_stack(supervisor: Supervisor) -> Iterator[RunningStack]:
     statuses = supervisor.up()
     export_settings(supervisor.settings)
     yield RunningStack(supervisor, statuses)
     started = [status.name for status in statuses if status.state == STARTED]
     if started and os.environ.get("PAYFN_KEEP_STACK") != "1":
         supervisor.down(started)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[RunningStack]:
+    """The infrastructure (MariaDB, Redis, Kafka, moto, Prometheus): integration tests."""
+    yield from _run_stack(Supervisor(components=INFRASTRUCTURE))
+
+
+@pytest.fixture(scope="session")
+def platform(stack: RunningStack) -> Iterator[RunningStack]:
+    """The whole stack as ``payfn up`` runs it (registry, function hosts, gateway): e2e tests."""
+    yield from _run_stack(Supervisor())
 
 
 @pytest.fixture(scope="session")

@@ -6,5 +6,5 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _live_stack(stack: object) -> None:
-    """Request the session stack so that no end-to-end test can run without it."""
+def _live_platform(platform: object) -> None:
+    """Request the whole stack so that no end-to-end test can run without it."""

@@ -85,25 +85,41 @@ def test_taken_port_names_port_and_variable_and_leaves_nothing_started(tmp_path:
     # MariaDB was started before Redis failed: it must have been stopped again.
     run_dir = tmp_path / "stack" / "run"
     assert not list(run_dir.glob("*.pid"))
-    status = run_payfn(["status"], env)
-    assert "mariadb" in status.stdout and "stopped" in status.stdout.splitlines()[1]
+    assert table_rows(run_payfn(["status"], env).stdout)["mariadb"][1] == "stopped"
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """``payfn up/status`` table → {component: [address, state, pid]}."""
+    rows = {}
+    for line in output.splitlines()[1:]:
+        if not line.strip():
+            break
+        name, *rest = line.split()
+        rows[name] = rest
+    return rows
 
 
 def test_private_stack_up_status_down_leaves_no_process(tmp_path: Path) -> None:
+    """The whole stack (infrastructure, registry, hosts, event sources, gateway) on its own ports."""
     env = private_env(tmp_path)
-    up = run_payfn(["up"], env)
+    up = run_payfn(["up"], env, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
-    pids = [int(line.split()[-1]) for line in up.stdout.splitlines()[1:6]]
+    rows = table_rows(up.stdout)
+    assert {"mariadb", "redis", "kafka", "moto", "prometheus", "registry", "gateway",
+            "ingest-service-1", "scheduler", "eventsource"} <= set(rows)
+    pids = [int(row[-1]) for row in rows.values()]
+    assert all(row[1] == "started" for row in rows.values())
     assert all(pid_alive(pid) for pid in pids)
 
     status = run_payfn(["status"], env)
-    assert status.returncode == 0
-    assert status.stdout.count("running") == 5
+    assert status.returncode == 0, status.stdout
+    assert all(row[1] == "running" for row in table_rows(status.stdout).values())
 
     again = run_payfn(["up"], env)
-    assert again.returncode == 0 and " started " not in again.stdout
+    assert again.returncode == 0
+    assert all(row[1] == "running" for row in table_rows(again.stdout).values())
 
     down = run_payfn(["down"], env)
     assert down.returncode == 0
     assert not [pid for pid in pids if pid_alive(pid)]
-    assert run_payfn(["status"], env).stdout.count("stopped") == 5
+    assert all(row[1] == "stopped" for row in table_rows(run_payfn(["status"], env).stdout).values())
