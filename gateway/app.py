@@ -198,8 +198,9 @@ class Gateway:
                 return _Outcome(OutgoingResponse(503, error_body("SERVICE_UNAVAILABLE", message), [JSON]))
             try:
                 answer = await target.pool.request("POST", target_path, payload, _INVOKE_HEADERS, timeout)
-            except ConnectFailed:
-                self.directory.suspend(target)
+            except ConnectFailed as failure:
+                if failure.refused:
+                    self.directory.suspend(target)
                 self.metrics.retries.labels(service).inc()
                 tried.add(target.instance_id)
                 continue

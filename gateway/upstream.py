@@ -25,7 +25,16 @@ class UpstreamError(ConnectionError):
 
 
 class ConnectFailed(UpstreamError):
-    """No connection could be opened: the request never reached the upstream."""
+    """No connection could be opened: the request never reached the upstream.
+
+    ``refused`` tells a dead instance (nothing listens: take it out of rotation) from
+    a slow one (the connect timed out, e.g. an overloaded host's accept queue: try
+    another instance, but keep it in rotation — it is alive and may be the only one).
+    """
+
+    def __init__(self, message: str, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -144,7 +153,8 @@ class UpstreamPool:
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.address}: {exc}") from exc
+            refused = not isinstance(exc, TimeoutError)
+            raise ConnectFailed(f"cannot connect to {self.address}: {exc!r}", refused) from exc
         return protocol
 
     async def request(self, method: str, target: str, body: bytes = b"",

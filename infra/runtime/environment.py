@@ -321,7 +321,10 @@ class FunctionPool:
             try:
                 handed = await future
             except TimeoutError:
-                self.waiters.remove(future)
+                # release()/_free_slot() may have dequeued (and skipped) the expired waiter
+                # between its timer firing and this coroutine resuming.
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(future)
                 raise Throttled(self.definition.logical_id) from None
             finally:
                 # A cancelled waiter stays queued, done: release() skips done waiters.

@@ -1,0 +1,35 @@
+"""The gateway's upstream pool tells a dead instance from a slow one."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from gateway.upstream import ConnectFailed, UpstreamPool
+from infra.process import free_port
+
+
+def connect_error(port: int, connect_timeout: float) -> ConnectFailed:
+    async def attempt() -> ConnectFailed:
+        pool = UpstreamPool("127.0.0.1", port, connect_timeout=connect_timeout)
+        with pytest.raises(ConnectFailed) as failure:
+            await pool.request("GET", "/health", timeout=1.0)
+        pool.close()
+        return failure.value
+
+    return asyncio.run(attempt())
+
+
+def test_nothing_listening_is_refused() -> None:
+    assert connect_error(free_port(), connect_timeout=1.0).refused is True
+
+
+def test_connect_timeout_is_not_refused() -> None:
+    """Regression: an overloaded host whose connect timed out was quarantined for 15 s,
+    and with a single instance every request got 503 until the quarantine ended."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert connect_error(listener.getsockname()[1], connect_timeout=1e-9).refused is False
