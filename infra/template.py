@@ -3,7 +3,11 @@
 The local platform never keeps its own list of functions, tables or topics: it
 reads them here from the SAM template, resolving ``Globals`` and the intrinsic
 functions that matter locally (``!Ref`` to parameters, ``!Sub``, ``!GetAtt`` of
-tables) against parameter values taken from the local settings.
+tables, ``!If`` on the template's ``Conditions``) against parameter values taken
+from the local settings. ``!If`` matters because the deployed targets switch
+optional settings (VPC, reserved concurrency, secrets) on and off by parameter: a
+property whose condition is false resolves to ``AWS::NoValue`` and is dropped, as
+CloudFormation drops it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ SERVICE_TAG = "payfn:service"
 
 class TemplateError(ValueError):
     """The template is missing something the local platform needs."""
+
+
+#: ``!Ref AWS::NoValue``: the property (or list item) is removed from the resolved value.
+_NO_VALUE = object()
 
 
 class _Intrinsic(dict):
@@ -143,11 +151,12 @@ class Template:
         }
         self.parameters.update(parameters or {})
         self.resources: dict[str, dict[str, Any]] = raw.get("Resources", {})
+        self.conditions: dict[str, Any] = raw.get("Conditions", {})
 
     def resolve(self, value: Any) -> Any:
         """Resolve the intrinsics payfn's local platform understands; leave others as-is."""
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [item for item in (self.resolve(v) for v in value) if item is not _NO_VALUE]
         if not isinstance(value, Mapping):
             return value
         if len(value) == 1:
@@ -161,11 +170,38 @@ class Template:
             if key == "Fn::Join":
                 sep, items = arg
                 return str(sep).join(str(self.resolve(i)) for i in items)
-        return {k: self.resolve(v) for k, v in value.items()}
+            if key == "Fn::If":
+                name, when_true, when_false = arg
+                return self.resolve(when_true if self.condition(name) else when_false)
+        resolved = {k: self.resolve(v) for k, v in value.items()}
+        return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+
+    def condition(self, name: str) -> bool:
+        """The value of one of the template's ``Conditions`` for these parameter values."""
+        if name not in self.conditions:
+            raise TemplateError(f"condition {name}: not in the template's Conditions")
+        return self._evaluate(self.conditions[name])
+
+    def _evaluate(self, expression: Any) -> bool:
+        (key, arg), = expression.items()
+        if key == "Fn::Equals":
+            left, right = arg
+            return str(self.resolve(left)) == str(self.resolve(right))
+        if key == "Fn::Not":
+            return not self._evaluate(arg[0])
+        if key == "Fn::And":
+            return all(self._evaluate(item) for item in arg)
+        if key == "Fn::Or":
+            return any(self._evaluate(item) for item in arg)
+        if key in ("Condition", "Fn::Condition"):
+            return self.condition(arg)
+        raise TemplateError(f"condition function {key} is not understood by the local platform")
 
     def _ref(self, name: str) -> Any:
         if name in self.parameters:
             return self.parameters[name]
+        if name == "AWS::NoValue":
+            return _NO_VALUE
         pseudo = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
                   "AWS::StackName": "payfn", "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
         if name in pseudo:

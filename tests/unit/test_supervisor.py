@@ -57,3 +57,15 @@ def test_credentials_generated_once_and_private(tmp_path: Path, monkeypatch: pyt
     assert first.db_password and first.db_password == second.db_password
     assert first.db_readonly_password != first.db_password
     assert (tmp_path / "credentials.env").stat().st_mode & 0o077 == 0
+
+
+def test_empty_text_setting_is_kept_empty_numbers_fall_back(tmp_path: Path) -> None:
+    """Regression: a deployed function's ``PAYFN_AWS_ENDPOINT_URL=""`` fell back to the
+    local emulator's address instead of meaning "AWS itself"."""
+    from payfn_shared.config import load_settings
+
+    env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "PAYFN_AWS_ENDPOINT_URL": "", "PAYFN_DB_PORT": ""}
+    settings = load_settings(env)
+    assert settings.aws_endpoint_url == ""
+    assert settings.db_port == 3306

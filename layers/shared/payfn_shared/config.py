@@ -7,13 +7,19 @@ credentials file the local stack generates (``PAYFN_CREDENTIALS_FILE``, default
 ``.stack/credentials.env``) and the process environment. The same loader serves
 Lambda handlers (where only the process environment exists) and the local
 platform, so an address is defined exactly once.
+
+Deployed, the database passwords need not travel as plain parameters: when
+``PAYFN_DB_PASSWORD_SECRET_ARN`` (or ``PAYFN_DB_READONLY_PASSWORD_SECRET_ARN``) is
+set, ``load_settings()`` reads the password from AWS Secrets Manager instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +95,15 @@ def load_dataclass(cls: type, env: Mapping[str, str] | None = None, prefix: str 
     """Build a dataclass whose fields map to ``<prefix><FIELD>`` variables.
 
     Every module with its own settings (breaker, rate limits, …) uses this, so the
-    naming rule and the validation live in one place.
+    naming rule and the validation live in one place. An empty value means "not
+    set" for numbers and flags, but is kept for text: a deployed function gets
+    ``PAYFN_AWS_ENDPOINT_URL=""`` on purpose (talk to AWS itself, not an emulator).
     """
     source = merged_environment(env)
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         name = prefix + f.name.upper()
-        if name in source and source[name] != "":
+        if name in source and (source[name] != "" or f.type in (str, "str")):
             kwargs[f.name] = _convert(name, source[name], f.type)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -116,8 +124,10 @@ class Settings:
     db_name: str = "paydb"
     db_user: str = "payuser"
     db_password: str = ""
+    db_password_secret_arn: str = ""
     db_readonly_user: str = "payreader"
     db_readonly_password: str = ""
+    db_readonly_password_secret_arn: str = ""
     db_connect_timeout: float = 2.0
 
     redis_host: str = "127.0.0.1"
@@ -169,4 +179,48 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """The component addresses, from the environment (see module docstring)."""
     settings: Settings = load_dataclass(Settings, env)
-    return settings
+    secrets = {"db_password": settings.db_password_secret_arn,
+               "db_readonly_password": settings.db_readonly_password_secret_arn}
+    wanted = {name: arn for name, arn in secrets.items() if arn}
+    if not wanted:
+        return settings
+    # An explicitly empty PAYFN_AWS_ENDPOINT_URL (what a deployment to AWS passes)
+    # means the real Secrets Manager, not the local emulator default.
+    endpoint = merged_environment(env).get(f"{PREFIX}AWS_ENDPOINT_URL", settings.aws_endpoint_url)
+    return replace(settings, **{name: read_secret_password(arn, endpoint, settings.aws_region)
+                                for name, arn in wanted.items()})
+
+
+@lru_cache(maxsize=8)
+def read_secret_password(arn: str, endpoint_url: str, default_region: str) -> str:
+    """The password stored in a Secrets Manager secret, read once per process.
+
+    Once per process because every invocation calls ``load_settings()`` and a
+    Secrets Manager call per request would cost latency and money; a rotated
+    password reaches a function with its next execution environment. The secret
+    is a plain string or a JSON object with ``password`` (the shape RDS-managed
+    secrets have). boto3 is imported here, not at the top, because the Lambda
+    runtime provides it and only deployed functions with a secret need it.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parts = arn.split(":")
+    region = parts[3] if len(parts) > 3 and parts[3] else default_region
+    client = boto3.client("secretsmanager", endpoint_url=endpoint_url or None, region_name=region)
+    try:
+        value = client.get_secret_value(SecretId=arn)
+    except (BotoCoreError, ClientError) as exc:
+        raise ConfigError(f"cannot read the database password from secret {arn}: {exc}") from None
+    text = value.get("SecretString")
+    if text is None:
+        raise ConfigError(f"secret {arn} has no SecretString (binary secrets are not passwords)")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return str(text)
+    if isinstance(document, dict):
+        if "password" not in document:
+            raise ConfigError(f"secret {arn} is a JSON object without a \"password\" key")
+        return str(document["password"])
+    return str(text)

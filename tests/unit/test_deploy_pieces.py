@@ -1,0 +1,162 @@
+"""The pieces of ``payfn deploy`` and of the deploy-ready template, without services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+from payfn_shared.config import ConfigError, load_settings, read_secret_password
+from samtranslator.yaml_helper import yaml_parse
+
+from infra.deploy import (
+    DeployError,
+    content_hash,
+    expand,
+    failure_reasons,
+    leave_out_gaps,
+    load_target,
+    parse_parameter_overrides,
+    zip_folder,
+)
+from infra.template import TEMPLATE_PATH, load_template
+
+
+def test_parameter_overrides_parse_like_sam() -> None:
+    assert parse_parameter_overrides("A=1 B='x y' C=") == {"A": "1", "B": "x y", "C": ""}
+    with pytest.raises(DeployError, match="not NAME=VALUE"):
+        parse_parameter_overrides("oops")
+
+
+def test_local_env_is_samconfig_default_at_the_stack_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYFN_AWS_ENDPOINT_URL", "http://127.0.0.1:5999")
+    monkeypatch.setenv("PAYFN_DB_HOST", "db.local")
+    target = load_target("local", overrides={"LogLevel": "DEBUG"})
+    assert target.endpoint_url == "http://127.0.0.1:5999"
+    assert target.stack_name == "payfn-deployed" and target.expand_transform and target.emulator == "moto"
+    assert target.create_bucket and target.s3_bucket == "payfn-artifacts"
+    assert target.parameters["DbHost"] == "db.local" and target.parameters["LogLevel"] == "DEBUG"
+    assert target.explicit == {"LogLevel"}
+
+
+def test_aws_env_has_no_endpoint_and_resolves_its_bucket() -> None:
+    target = load_target("aws")
+    assert target.endpoint_url is None and target.resolve_s3 and not target.expand_transform
+    assert "DbHost" not in target.parameters, "local addresses never go to AWS"
+    assert not load_target("aws", s3_bucket="mine").resolve_s3
+
+
+def test_unknown_env_names_the_known_ones() -> None:
+    with pytest.raises(DeployError, match="known: aws, local, localstack"):
+        load_target("staging")
+
+
+def test_artifact_key_is_a_content_hash_and_the_zip_keeps_bytecode(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("X = 1\n")
+    (tmp_path / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"compiled")
+    first = content_hash(tmp_path)
+    os.utime(tmp_path / "pkg" / "mod.py", (0, 0))
+    assert content_hash(tmp_path) == first, "timestamps are not content"
+    (tmp_path / "pkg" / "mod.py").write_text("X = 2\n")
+    assert content_hash(tmp_path) != first
+    with zipfile.ZipFile(BytesIO(zip_folder(tmp_path))) as archive:
+        assert archive.namelist() == ["pkg/__pycache__/mod.cpython-311.pyc", "pkg/mod.py"]
+
+
+def test_moto_gaps_are_left_out_with_what_refers_to_them() -> None:
+    template = {
+        "Resources": {
+            "Fn": {"Type": "AWS::Lambda::Function", "Properties": {}},
+            "Kafka": {"Type": "AWS::Lambda::EventSourceMapping",
+                      "Properties": {"SelfManagedEventSource": {}, "FunctionName": {"Ref": "Fn"}}},
+            "Sqs": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": {"EventSourceArn": "arn:sqs"}},
+            "Deployment": {"Type": "AWS::ApiGateway::Deployment", "Properties": {}},
+            "Stage": {"Type": "AWS::ApiGateway::Stage", "DependsOn": ["Deployment"], "Properties": {}},
+            "Layer": {"Type": "AWS::Lambda::LayerVersion", "Properties": {}},
+            "Waiter": {"Type": "AWS::Logs::LogGroup", "DependsOn": "Deployment", "Properties": {}},
+        },
+        "Outputs": {"StageUrl": {"Value": {"Fn::Sub": "https://x/${Stage}"}},
+                    "LayerArn": {"Value": {"Ref": "Layer"}}, "FnName": {"Value": {"Ref": "Fn"}}},
+    }
+    skipped = leave_out_gaps(template, "moto")
+    assert {name for name, _, _ in skipped} == {"Kafka", "Deployment", "Stage", "StageUrl", "LayerArn"}
+    assert set(template["Resources"]) == {"Fn", "Sqs", "Layer", "Waiter"}
+    assert "DependsOn" not in template["Resources"]["Waiter"]
+    assert set(template["Outputs"]) == {"FnName"}
+    assert leave_out_gaps({"Resources": {"K": {"Type": "AWS::ApiGateway::Stage"}}}, None) == []
+
+
+def test_failure_reasons_name_each_failed_resource_once() -> None:
+    table = {"LogicalResourceId": "Table", "ResourceType": "AWS::DynamoDB::Table",
+             "ResourceStatus": "CREATE_FAILED", "ResourceStatusReason": "Table already exists"}
+    events = [
+        {**table, "Timestamp": "2026-01-01T00:00:02"},
+        {"Timestamp": "2026-01-01T00:00:01", "LogicalResourceId": "Fn",
+         "ResourceType": "AWS::Lambda::Function", "ResourceStatus": "CREATE_COMPLETE"},
+        {**table, "Timestamp": "2026-01-01T00:00:03"},
+    ]
+    assert failure_reasons(events) == ["Table (AWS::DynamoDB::Table): Table already exists"]
+
+
+def test_template_conditions_resolve_locally() -> None:
+    plain = load_template().function("AuthorizeFunction")
+    assert plain.reserved_concurrency is None and "VpcConfig" not in plain.properties
+    tuned = load_template(parameters={"ReservedConcurrency": "5", "SubnetIds": "subnet-1,subnet-2",
+                                      "SecurityGroupIds": "sg-1"}).function("AuthorizeFunction")
+    assert tuned.reserved_concurrency == 5
+    assert tuned.properties["VpcConfig"]["SubnetIds"] == {"Fn::Split": [",", "subnet-1,subnet-2"]}
+
+
+def test_every_function_has_a_log_group_with_retention() -> None:
+    template = load_template()
+    groups = {resource["Properties"]["LogGroupName"]["Fn::Sub"]
+              for resource in template.resources.values() if resource["Type"] == "AWS::Logs::LogGroup"}
+    for spec in template.functions():
+        assert f"/aws/lambda/${{{spec.logical_id}}}" in groups, spec.logical_id
+
+
+@mock_aws
+def test_db_password_read_from_secrets_manager() -> None:
+    read_secret_password.cache_clear()
+    client = boto3.client("secretsmanager", region_name="us-east-1")
+    plain = client.create_secret(Name="plain", SecretString="s3cret")["ARN"]
+    rds = client.create_secret(Name="rds", SecretString='{"username": "u", "password": "p@ss"}')["ARN"]
+    env = {"PAYFN_AWS_ENDPOINT_URL": "", "PAYFN_DB_PASSWORD": "ignored",
+           "PAYFN_DB_PASSWORD_SECRET_ARN": plain, "PAYFN_DB_READONLY_PASSWORD_SECRET_ARN": rds,
+           "PAYFN_ENV_FILE": "/nonexistent", "PAYFN_CREDENTIALS_FILE": "/nonexistent"}
+    settings = load_settings(env)
+    assert (settings.db_password, settings.db_readonly_password) == ("s3cret", "p@ss")
+    env["PAYFN_DB_PASSWORD_SECRET_ARN"] = plain.replace("plain", "missing")
+    with pytest.raises(ConfigError, match="cannot read the database password"):
+        load_settings(env)
+
+
+def test_no_secret_no_aws_call() -> None:
+    env = {"PAYFN_DB_PASSWORD": "given", "PAYFN_ENV_FILE": "/nonexistent",
+           "PAYFN_CREDENTIALS_FILE": "/nonexistent"}
+    assert load_settings(env).db_password == "given"
+
+
+def test_expanded_template_is_cfn_lint_clean(tmp_path: Path) -> None:
+    """What ``payfn deploy`` sends to an endpoint without the SAM transform is valid CloudFormation."""
+    template = yaml_parse(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = "s3://payfn-artifacts/code.zip"
+    expanded = expand(template, {}, "us-east-1")
+    for spec in load_template().functions():
+        assert expanded["Resources"][f"{spec.logical_id}Role"]["Type"] == "AWS::IAM::Role"
+    path = tmp_path / "expanded.json"
+    path.write_text(json.dumps(expanded), encoding="utf-8")
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(path)], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
