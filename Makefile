@@ -7,13 +7,13 @@ PYTHON       ?= $(shell command -v python3.11 || command -v python3)
 VENV         := .venv
 BIN          := $(VENV)/bin
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mariadb-server mariadb-client redis-server prometheus
+APT_PACKAGES := mariadb-server mariadb-client redis-server prometheus chromium
 STAMP        := $(VENV)/.payfn-installed
 PYTEST_ARGS  ?=
 
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: up down status test unit lint bench deps system-deps clean
+.PHONY: up down status test unit lint bench bench-deps deps system-deps clean
 
 ## up: install what is missing, start the whole stack, print the URLs
 up: deps
@@ -38,8 +38,21 @@ lint: deps
 	$(BIN)/ruff check .
 
 ## bench: the benchmarks (manual, not part of make test); results in bench-results/
-bench: deps
+bench: deps bench-deps
 	$(BIN)/python -m tests.load.bench
+
+# Debian packages only the benchmarks use (wrk: closed-loop figures of bench_gateway);
+# the load generator of bench_load is Python. Not needed by make test.
+BENCH_PACKAGES := wrk
+bench-deps:
+	@missing=""; for pkg in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 deps: system-deps $(STAMP)
 

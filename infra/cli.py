@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from payfn_shared.config import ConfigError
 
 from infra.components import StackError
+from infra.deploy import add_parser as add_deploy_parser
+from infra.drills.cli import add_parser as add_drill_parser
+from infra.services import parse_scale, template_services
 from infra.stack import ComponentStatus, Supervisor
-from infra.template import REPO_ROOT, TemplateError
+from infra.template import REPO_ROOT, TemplateError, load_template
 
 
 def _table(statuses: Sequence[ComponentStatus]) -> str:
@@ -46,7 +49,8 @@ def _urls(supervisor: Supervisor) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    supervisor = Supervisor()
+    scale = parse_scale(args.scale, template_services(load_template())) if args.scale else None
+    supervisor = Supervisor(scale=scale)
     statuses = supervisor.up()
     print(_table(statuses))
     print(_urls(supervisor))
@@ -91,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payfn", description="payfn local serverless payment platform")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or reuse) every component, provision it, print the URLs")
+    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N",
+                    help="run N function hosts for SERVICE (remembered until changed)")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop every component payfn started")
     down.add_argument("names", nargs="*", help="only these components")
@@ -102,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
+    add_drill_parser(sub)
+    add_deploy_parser(sub)
     return parser
 
 

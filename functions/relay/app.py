@@ -1,0 +1,24 @@
+"""OutboxRelayFunction: the scheduled outbox relay (EventBridge ``Scheduled Event``).
+
+Thin on purpose: the relay logic and its SQL live in ``payfn_shared.relay``. The
+result carries the backlog gauges so the local scheduler (or a metric filter on
+AWS) can expose ``payfn_outbox_backlog`` and ``payfn_outbox_oldest_age_seconds``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from payfn_shared.db import get_database
+from payfn_shared.relay import OutboxRelay, get_relay_publisher
+
+logger = Logger(service="outbox-relay")
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    relay = OutboxRelay(get_database(), get_relay_publisher())
+    report = relay.run(context.get_remaining_time_in_millis).to_dict()
+    logger.info("outbox relay run", extra={"rule": event.get("resources"), **report})
+    return report

@@ -1,0 +1,445 @@
+"""One Kafka event-source mapping run locally: poll, invoke, retry, dead-letter, commit.
+
+Lambda's Kafka semantics, with only the Kafka protocol (any Kafka, Redpanda, MSK):
+
+- A consumer group per mapping (``ConsumerGroupId``) with STATIC membership
+  (``group_instance_id`` = group + poller instance): a restarted poller takes its
+  partitions back at once, and a poller that died without closing does not leave
+  its group blocked on brokers that wait for the dead member.
+- Batches of up to ``BatchSize`` records, gathered for at most
+  ``MaximumBatchingWindowInSeconds``, sent as Lambda's Kafka event to an UP
+  instance of the function's service (Invoke API).
+- Offsets are committed only once every record of the batch has either been
+  processed or written to the DLQ; anything else (crash, timeout, poller killed)
+  leaves them uncommitted, so the batch is delivered again. Consumers are
+  idempotent by eventId, which turns at-least-once into exactly one effect.
+- A function error is retried with exponential backoff (``MaximumRetryAttempts``
+  if the event sets it, else ``PAYFN_EVENTSOURCE_MAX_RETRIES``); a batch that keeps
+  failing is bisected (``BisectBatchOnFunctionError``, default on locally) down to
+  the single record, which then goes to the DLQ (``payment.dlq``) with the seed's
+  shape ``{originalTopic, partition, offset, payload, errorType, errorMessage,
+  timestamp}`` and the partition moves on.
+- With ``FunctionResponseTypes: [ReportBatchItemFailures]`` the function's partial
+  batch response (``batchItemFailures[].itemIdentifier = {partition: "topic-p",
+  offset}``) names the failed records: only those are retried and dead-lettered,
+  with the ``errorType``/``errorMessage`` the function put next to each item.
+- Not the record's fault, so never dead-lettered: no instance of the service is up
+  or it throttles (nothing ran), or the function reports a dependency outage (errorType in
+  ``PAYFN_EVENTSOURCE_DEPENDENCY_ERROR_TYPES``). Those wait and retry without
+  limit, with capped backoff, holding the partition — as Lambda waits for a
+  throttled or failing function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from payfn_shared.config import ConfigError
+from payfn_shared.events import iso_millis
+from payfn_shared.topics import PAYMENT_DLQ
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from infra.eventsource.sources import KafkaRecord, KafkaSource, group_instance_id, lambda_kafka_event
+from infra.invoke import InvokeResult, InvokeUnavailable, ServiceInvoker
+
+log = logging.getLogger("payfn.eventsource")
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    """Knobs of the poller (env ``PAYFN_EVENTSOURCE_*``); times in milliseconds unless named.
+
+    ``eventsource_check_crcs`` is off by default, as in librdkafka: kafka-python
+    verifies record CRCs in pure Python unless the ``crc32c`` C extension is
+    installed, which made fetching 5x slower than everything else the poller does
+    (TCP already checksums the transfer; the CRC guards against broker-side corruption).
+    """
+
+    eventsource_max_retries: int = 2
+    eventsource_backoff_initial_ms: int = 100
+    eventsource_backoff_max_ms: int = 5000
+    eventsource_dlq_topic: str = PAYMENT_DLQ
+    eventsource_dependency_error_types: str = "DependencyUnavailable,ConnectionLost,TransientConflict"
+    eventsource_session_timeout_ms: int = 10000
+    eventsource_max_poll_interval_ms: int = 900000
+    eventsource_invoke_margin_seconds: float = 5.0
+    eventsource_check_crcs: bool = False
+
+    def validate(self) -> None:
+        if self.eventsource_max_retries < 0:
+            raise ConfigError("PAYFN_EVENTSOURCE_MAX_RETRIES must not be negative")
+        if not 1 <= self.eventsource_backoff_initial_ms <= self.eventsource_backoff_max_ms:
+            raise ConfigError("PAYFN_EVENTSOURCE_BACKOFF_INITIAL_MS must be >= 1 and <= "
+                              "PAYFN_EVENTSOURCE_BACKOFF_MAX_MS")
+        if not self.eventsource_dlq_topic:
+            raise ConfigError("PAYFN_EVENTSOURCE_DLQ_TOPIC must not be empty")
+
+    @property
+    def dependency_error_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.eventsource_dependency_error_types.split(",") if t.strip())
+
+
+class PollerMetrics:
+    """Series of the poller process (``/metrics``), shared by every mapping it runs."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # The seed's Grafana panel queries exactly this name (Micrometer's Kafka binder).
+        self.consumed = Counter("kafka_consumer_fetch_manager_records_consumed",
+                                "Records fetched from Kafka by the consumer",
+                                ["application", "client_id", "topic"], registry=self.registry)
+        self.lag = Gauge("payfn_consumer_lag", "Records of the partition not yet processed (high watermark - "
+                         "position)", ["group", "topic", "partition"], registry=self.registry)
+        self.invocations = Counter("payfn_eventsource_invocations", "Batch invocations by outcome",
+                                   ["function", "outcome"], registry=self.registry)
+        self.duration = Histogram("payfn_eventsource_invoke_duration_seconds", "Invoke API round trip",
+                                  ["function"], registry=self.registry)
+        self.dead_lettered = Counter("payfn_eventsource_dlq_records", "Records written to the DLQ",
+                                     ["function", "topic", "error_type"], registry=self.registry)
+        self.committed = Counter("payfn_eventsource_committed_records", "Records committed after success",
+                                 ["group", "topic"], registry=self.registry)
+
+
+class Stopped(Exception):
+    """The poller is stopping: abandon the batch without committing (it will be redelivered)."""
+
+
+@dataclass
+class Attempt:
+    """What one invocation said about a set of records."""
+
+    ok: bool
+    error_type: str = ""
+    error_message: str = ""
+    failed: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
+
+
+def record_id(record: KafkaRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
+#: Invoke API answers that mean "not run, try again" (throttled, function unknown there).
+RETRY_STATUSES = frozenset({404, 429})
+#: The seed's dead-letter record fields.
+DLQ_FIELDS = ("originalTopic", "partition", "offset", "payload", "errorType", "errorMessage", "timestamp")
+
+
+def dlq_payload(record: KafkaRecord, error_type: str, error_message: str) -> bytes:
+    """The seed's DLQ record (the original value as text, so invalid JSON survives as is)."""
+    return json.dumps({
+        "originalTopic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "payload": None if record.value is None else record.value.decode("utf-8", "replace"),
+        "errorType": error_type,
+        "errorMessage": error_message,
+        "timestamp": iso_millis(datetime.now(UTC)),
+    }, separators=(",", ":")).encode()
+
+
+class _Rebalances(ConsumerRebalanceListener):
+    """Keep the records gathered but not yet delivered consistent across a rebalance.
+
+    The consumer's fetch position is already past them, so dropping them alone would
+    lose them: on every (re)assignment they are dropped AND the partitions we keep
+    are rewound to the first dropped offset, so they are fetched again (partitions
+    that moved away are read by their new owner from the last commit).
+    """
+
+    def __init__(self, poller: KafkaPoller, consumer: KafkaConsumer) -> None:
+        self.poller = poller
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self.poller.forget_lag(tp)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        first_buffered: dict[TopicPartition, int] = {}
+        for record in self.poller.buffer:
+            tp = TopicPartition(record.topic, record.partition)
+            first_buffered[tp] = min(record.offset, first_buffered.get(tp, record.offset))
+        self.poller.buffer = []
+        for tp in assigned:
+            if tp in first_buffered:
+                self.consumer.seek(tp, first_buffered[tp])
+        log.info("%s: assigned %s", self.poller.source.name,
+                 sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+class KafkaPoller:
+    """Runs one mapping in its own thread until :meth:`stop`."""
+
+    def __init__(self, source: KafkaSource, instance: str, invoker: ServiceInvoker, producer: KafkaProducer,
+                 metrics: PollerMetrics, config: PollerConfig,
+                 consumer_factory: Callable[..., KafkaConsumer] = KafkaConsumer) -> None:
+        self.source = source
+        self.instance = instance
+        self.invoker = invoker
+        self.producer = producer
+        self.metrics = metrics
+        self.config = config
+        self.consumer_factory = consumer_factory
+        self.buffer: list[KafkaRecord] = []
+        self.client_id = f"payfn-poller-{socket.gethostname()}-{instance}"
+        self.application = source.service.lower()
+        self.max_retries = (config.eventsource_max_retries if source.max_retry_attempts is None
+                            else source.max_retry_attempts)
+        self.batches = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"poller-{source.name}", daemon=True)
+        self._consumer: KafkaConsumer | None = None
+        self._lag_partitions: set[TopicPartition] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        consumer = self.consumer_factory(
+            bootstrap_servers=list(self.source.bootstrap_servers),
+            group_id=self.source.group_id,
+            group_instance_id=group_instance_id(self.source, self.instance),
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if self.source.starting_position == "TRIM_HORIZON" else "latest",
+            max_poll_records=self.source.batch_size,
+            session_timeout_ms=self.config.eventsource_session_timeout_ms,
+            heartbeat_interval_ms=max(self.config.eventsource_session_timeout_ms // 3, 100),
+            max_poll_interval_ms=self.config.eventsource_max_poll_interval_ms,
+            fetch_max_wait_ms=100,
+            check_crcs=self.config.eventsource_check_crcs,
+        )
+        consumer.subscribe(list(self.source.topics), listener=_Rebalances(self, consumer))
+        return consumer
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._consumer = self._new_consumer()
+                self._consume(self._consumer)
+            except Stopped:
+                break
+            except (KafkaError, OSError) as exc:
+                log.warning("%s: Kafka error (%s); reconnecting", self.source.name, exc)
+                self._sleep(1.0)
+            except Exception:
+                log.exception("%s: unexpected poller failure; restarting the consumer", self.source.name)
+                self._sleep(1.0)
+            finally:
+                self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self.buffer = []
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False)
+            except Exception:  # a broken connection may fail to close: it is dropped anyway
+                log.debug("closing the consumer failed", exc_info=True)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Stopped
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _consume(self, consumer: KafkaConsumer) -> None:
+        while not self._stop.is_set():
+            batch = self._gather(consumer)
+            self._update_lag(consumer)
+            if not batch:
+                continue
+            self.deliver(batch)
+            self._commit(consumer, batch)
+            self.batches += 1
+            self._update_lag(consumer)
+
+    def _gather(self, consumer: KafkaConsumer) -> list[KafkaRecord]:
+        """Up to BatchSize records, waiting at most the batching window once some have arrived."""
+        deadline = None
+        while len(self.buffer) < self.source.batch_size and not self._stop.is_set():
+            wait_ms = 200 if deadline is None else int(max(deadline - time.monotonic(), 0) * 1000)
+            polled = consumer.poll(timeout_ms=wait_ms, max_records=self.source.batch_size - len(self.buffer))
+            for tp, records in polled.items():
+                self.metrics.consumed.labels(self.application, self.client_id, tp.topic).inc(len(records))
+                self.buffer.extend(records)
+            if not self.buffer:
+                return []
+            if deadline is None:
+                deadline = time.monotonic() + self.source.batching_window_seconds
+            if time.monotonic() >= deadline:
+                break
+        batch, self.buffer = self.buffer[: self.source.batch_size], self.buffer[self.source.batch_size:]
+        return batch
+
+    def _commit(self, consumer: KafkaConsumer, batch: Sequence[KafkaRecord]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in batch:
+            tp = TopicPartition(record.topic, record.partition)
+            current = offsets.get(tp)
+            if current is None or record.offset + 1 > current.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The partitions moved to another member meanwhile: it reads them again from
+            # the last commit, and the consumers' idempotency absorbs the repeat.
+            log.warning("%s: commit refused after a rebalance (%s)", self.source.name, exc)
+            return
+        for tp in offsets:
+            count = sum(1 for r in batch if r.topic == tp.topic and r.partition == tp.partition)
+            self.metrics.committed.labels(self.source.group_id, tp.topic).inc(count)
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is None:
+                continue
+            buffered = sum(1 for r in self.buffer if r.topic == tp.topic and r.partition == tp.partition)
+            self.metrics.lag.labels(self.source.group_id, tp.topic, str(tp.partition)).set(
+                max(highwater - position + buffered, 0))
+            self._lag_partitions.add(tp)
+
+    def forget_lag(self, tp: TopicPartition) -> None:
+        if tp in self._lag_partitions:
+            self._lag_partitions.discard(tp)
+            self.metrics.lag.remove(self.source.group_id, tp.topic, str(tp.partition))
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> None:
+        base = self.config.eventsource_backoff_initial_ms * (2 ** max(attempt - 1, 0))
+        delay = min(base, self.config.eventsource_backoff_max_ms) / 1000.0
+        self._sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not security
+
+    def _invoke(self, records: Sequence[KafkaRecord]) -> Attempt:
+        """One invocation; waits (without limit) while no instance can take it."""
+        unavailable = 0
+        event = lambda_kafka_event(self.source, records)
+        timeout = self.source.function_timeout + self.config.eventsource_invoke_margin_seconds
+        while True:
+            started = time.monotonic()
+            try:
+                result = self.invoker.invoke(self.source.function, event, timeout=timeout)
+            except InvokeUnavailable as exc:
+                unavailable += 1
+                self.metrics.invocations.labels(self.source.function, "unavailable").inc()
+                if unavailable == 1 or unavailable % 20 == 0:
+                    log.warning("%s: %s; waiting", self.source.name, exc)
+                self._backoff(min(unavailable, 6))
+                continue
+            self.metrics.duration.labels(self.source.function).observe(time.monotonic() - started)
+            if result.status in RETRY_STATUSES or result.status >= 500:
+                # Throttled, or the function is not (yet) on that host: nothing ran, as
+                # with an unavailable instance. Lambda retries these without limit too.
+                unavailable += 1
+                self.metrics.invocations.labels(self.source.function, "throttled").inc()
+                self._backoff(min(unavailable, 6))
+                continue
+            return self._interpret(result, records)
+
+    def _interpret(self, result: InvokeResult, records: Sequence[KafkaRecord]) -> Attempt:
+        if result.status != 200 or result.function_error is not None:
+            self.metrics.invocations.labels(self.source.function, "error").inc()
+            return Attempt(False, result.error_type, result.error_message)
+        failed: dict[tuple[str, int, int], tuple[str, str]] = {}
+        if self.source.report_item_failures:
+            body = result.json()
+            items = body.get("batchItemFailures") if isinstance(body, dict) else None
+            by_item = {(f"{r.topic}-{r.partition}", r.offset): record_id(r) for r in records}
+            for item in items or []:
+                identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
+                key = (identifier.get("partition"), identifier.get("offset")) if isinstance(
+                    identifier, dict) else None
+                if key not in by_item:
+                    # Lambda treats an unusable item identifier as a failure of the whole batch.
+                    self.metrics.invocations.labels(self.source.function, "error").inc()
+                    message = f"unusable itemIdentifier {identifier!r}"
+                    return Attempt(False, "InvalidBatchItemFailure", message)
+                failed[by_item[key]] = (str(item.get("errorType") or "RecordFailed"),
+                                        str(item.get("errorMessage") or "reported in batchItemFailures"))
+        self.metrics.invocations.labels(self.source.function, "partial" if failed else "ok").inc()
+        return Attempt(True, failed=failed)
+
+    def deliver(self, records: Sequence[KafkaRecord]) -> None:
+        """Return once every record is processed or dead-lettered; raises Stopped when stopping."""
+        pending = list(records)
+        attempt = 0
+        while pending:
+            outcome = self._invoke(pending)
+            if outcome.ok and not outcome.failed:
+                return
+            if outcome.ok:
+                pending = [r for r in pending if record_id(r) in outcome.failed]
+                attempt += 1
+                if attempt > self.max_retries:
+                    for record in pending:
+                        self.dead_letter(record, *outcome.failed[record_id(record)])
+                    return
+                self._backoff(attempt)
+                continue
+            if outcome.error_type in self.config.dependency_error_types:
+                log.warning("%s: dependency unavailable (%s); retrying", self.source.name,
+                            outcome.error_message)
+                self._backoff(6)
+                continue
+            attempt += 1
+            if attempt <= self.max_retries:
+                log.warning("%s: batch of %d failed (%s: %s); retry %d/%d", self.source.name, len(pending),
+                            outcome.error_type, outcome.error_message, attempt, self.max_retries)
+                self._backoff(attempt)
+                continue
+            if len(pending) > 1 and self.source.bisect_on_error:
+                middle = len(pending) // 2
+                self.deliver(pending[:middle])
+                self.deliver(pending[middle:])
+                return
+            for record in pending:
+                self.dead_letter(record, outcome.error_type, outcome.error_message)
+            return
+
+    def dead_letter(self, record: KafkaRecord, error_type: str, error_message: str) -> None:
+        """Write the record to the DLQ and wait for the ack (retrying while Kafka is down)."""
+        headers = [*record.headers, ("dlqErrorType", error_type.encode())]
+        value = dlq_payload(record, error_type, error_message)
+        attempt = 0
+        while True:
+            try:
+                self.producer.send(self.config.eventsource_dlq_topic, key=record.key, value=value,
+                                   headers=headers).get(timeout=10)
+                break
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("%s: DLQ write failed (%s); retrying", self.source.name, exc)
+                self._backoff(min(attempt, 6))
+        log.warning("%s: %s-%s@%s dead-lettered (%s: %s)", self.source.name, record.topic, record.partition,
+                    record.offset, error_type, error_message)
+        self.metrics.dead_lettered.labels(self.source.function, record.topic, error_type).inc()

@@ -1,0 +1,135 @@
+"""What the platform's background processes (scheduler, event-source poller) share.
+
+They are not function hosts but must be seen like them: a ``/metrics`` endpoint
+Prometheus scrapes and a ``/health`` endpoint a supervisor polls, and a registry
+lease (Eureka stand-in) so Prometheus' ``eureka_sd_configs`` finds them. Both run
+in daemon threads so the process's own work loop stays plain blocking code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("payfn.serving")
+
+
+class StatusServer:
+    """``GET /metrics`` (Prometheus text of ``registry``) and ``GET /health`` (JSON of ``health()``)."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 health: Callable[[], dict[str, Any]]) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    owner._reply(self, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/health":
+                    owner._reply(self, 200, json.dumps(health()).encode(), "application/json")
+                else:
+                    owner._reply(self, 404, b'{"message": "not found"}', "application/json")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Scrapes every few seconds would flood the log; stay quiet."""
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("client went away before the answer")
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RegistryLease:
+    """Register once, renew every ``renew_seconds``, cancel on ``stop``; never fatal.
+
+    The registry may start later or restart: failures are logged and retried at the
+    next beat, and a renewal answered "unknown instance" registers again.
+    """
+
+    def __init__(self, client: RegistryClient, instance: InstanceInfo, renew_seconds: float = 30.0) -> None:
+        self.client = client
+        self.instance = instance
+        self.renew_seconds = renew_seconds
+        self.registered = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registry-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.beat()
+            self._stop.wait(self.renew_seconds if self.registered else min(self.renew_seconds, 5.0))
+
+    def beat(self) -> None:
+        instance = self.instance
+        try:
+            if self.registered:
+                self.registered = self.client.renew(instance.app, instance.instance_id)
+            if not self.registered:
+                self.client.register(instance)
+                self.registered = True
+                log.info("registered %s as %s", instance.app, instance.instance_id)
+        except (RegistryError, OSError) as exc:
+            self.registered = False
+            log.warning("registry unavailable (%s); retrying", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)  # a beat in flight may be registering right now
+        if self.registered:
+            try:
+                self.client.cancel(self.instance.app, self.instance.instance_id)
+            except (RegistryError, OSError) as exc:
+                log.warning("could not cancel %s: %s (the lease will expire)", self.instance.instance_id, exc)
+        self.registered = False
+
+
+def announce(host: str, port: int, port_file: Path | None) -> None:
+    """Print ``LISTENING host:port`` and write it to ``port_file`` atomically (what supervisors read)."""
+    address = f"{host}:{port}"
+    if port_file is not None:
+        tmp = port_file.with_name(f".{port_file.name}.{os.getpid()}")
+        tmp.write_text(address + "\n", encoding="utf-8")
+        tmp.replace(port_file)
+    print(f"LISTENING {address}", flush=True)
+
+
+def instance_for(app: str, host: str, port: int, name: str, metadata: dict[str, str]) -> InstanceInfo:
+    """An UP instance whose id is stable per host, app and ``name`` (e.g. the poller's --instance)."""
+    return InstanceInfo(app=app, instance_id=f"{socket.gethostname()}:{app.lower()}:{name}", host=host,
+                        port=port, status="UP", metadata={"metricsPath": "/metrics", **metadata})
