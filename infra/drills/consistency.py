@@ -272,7 +272,14 @@ def check_consistency(report: Report, settings: Settings, client: GatewayClient,
                  "merchant_balance totals = sums implied by payment statuses",
                  not state.projections_off,
                  f"{len(state.projections_off)} merchant(s) off {state.projections_off[:2]}")
-    check_reconciliation(report, client, merchants if len(merchants) <= 5 else [], len(rows))
+    scoped = merchants if len(merchants) <= PER_MERCHANT_RECONCILIATION_LIMIT else []
+    check_reconciliation(report, client, scoped, len(rows))
+
+
+#: Up to this many merchants the reconciliation is asked per merchant, so that a stack
+#: shared with other work (the e2e suite's) is judged only on this run's payments; a
+#: larger run (the benchmark's private stack) asks once for the whole database.
+PER_MERCHANT_RECONCILIATION_LIMIT = 32
 
 
 def check_reconciliation(report: Report, client: GatewayClient, merchants: Sequence[str],
