@@ -45,28 +45,25 @@ bench: deps bench-deps
 # the load generator of bench_load is Python. Not needed by make test.
 BENCH_PACKAGES := wrk
 bench-deps:
-	@missing=""; for pkg in $(BENCH_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(BENCH_PACKAGES))
 
 deps: system-deps $(STAMP)
 
 # Debian packages: installed only when missing. RUNLEVEL=1 keeps Debian's
 # maintainer scripts from starting system-wide services on the ports payfn uses.
+define apt_install
+missing=""; for pkg in $(1); do \
+  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing Debian packages:$$missing"; \
+  $(SUDO) apt-get update -q && \
+  $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends $$missing; \
+fi
+endef
+
 system-deps:
-	@missing=""; for pkg in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(APT_PACKAGES))
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.invoke import InvokeUnavailable, ServiceInvoker
 from infra.runtime.functions import ACCOUNT_ID, REGION, template_parameters
-from infra.serving import RegistryLease, StatusServer, announce, instance_for
+from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, Template, TemplateError, load_template
 
 log = logging.getLogger("payfn.scheduler")
@@ -347,11 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
     parser.add_argument("--functions", default="",
                         help="only the rules of these logical ids (comma-separated)")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address of /metrics and /health")
-    parser.add_argument("--port", type=int, default=0, help="port of /metrics and /health; 0 = ephemeral")
-    parser.add_argument("--port-file", type=Path, help="write host:port here once listening")
-    parser.add_argument("--registry-url", help="registry base URL (default: from settings)")
-    parser.add_argument("--no-register", action="store_true", help="do not register with the registry")
+    add_serving_arguments(parser)
     return parser.parse_args(argv)
 
 

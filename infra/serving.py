@@ -8,6 +8,7 @@ in daemon threads so the process's own work loop stays plain blocking code.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -22,6 +23,15 @@ from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("payfn.serving")
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options every background process shares (status endpoint, registry)."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address of /metrics and /health")
+    parser.add_argument("--port", type=int, default=0, help="port of /metrics and /health; 0 = ephemeral")
+    parser.add_argument("--port-file", type=Path, help="write host:port here once listening")
+    parser.add_argument("--registry-url", help="registry base URL (default: from settings)")
+    parser.add_argument("--no-register", action="store_true", help="do not register with the registry")
 
 
 class StatusServer:

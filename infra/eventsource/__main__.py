@@ -37,7 +37,7 @@ from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
 from infra.invoke import ServiceInvoker
 from infra.runtime.functions import template_parameters
-from infra.serving import RegistryLease, StatusServer, announce, instance_for
+from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.eventsource")
@@ -52,11 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stable name of this poller (static group membership); unique per poller")
     parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
     parser.add_argument("--functions", default="", help="only these logical ids (comma-separated)")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address of /metrics and /health")
-    parser.add_argument("--port", type=int, default=0, help="port of /metrics and /health; 0 = ephemeral")
-    parser.add_argument("--port-file", type=Path, help="write host:port here once listening")
-    parser.add_argument("--registry-url", help="registry base URL (default: from settings)")
-    parser.add_argument("--no-register", action="store_true", help="do not register with the registry")
+    add_serving_arguments(parser)
     return parser.parse_args(argv)
 
 

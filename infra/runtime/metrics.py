@@ -35,6 +35,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from infra.process import pid_alive
+
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     300.0, 900.0)
 #: Request-latency buckets: fine where payment APIs live (1–250 ms) so a p95 read from
@@ -46,16 +48,6 @@ UNKNOWN = "UNKNOWN"
 MULTIPROCESS_DIR_PREFIX = "payfn-metrics-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def new_multiprocess_dir(root: Path | None = None) -> Path:
     """A new private folder (``payfn-metrics-<host pid>-…``) for the environments' series.
 
@@ -65,7 +57,7 @@ def new_multiprocess_dir(root: Path | None = None) -> Path:
     base = root or Path(tempfile.gettempdir())
     for stale in base.glob(f"{MULTIPROCESS_DIR_PREFIX}*-*"):
         pid = stale.name.removeprefix(MULTIPROCESS_DIR_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 shutil.rmtree(stale)
     return Path(tempfile.mkdtemp(prefix=f"{MULTIPROCESS_DIR_PREFIX}{os.getpid()}-", dir=base))
