@@ -27,9 +27,11 @@ from typing import Any
 import pybreaker
 import redis
 from payfn_shared.breaker import BreakerConfig, LocalBreakerStore, RedisBreakerStore, RedisCircuitBreaker
-from payfn_shared.config import load_settings
 from payfn_shared.ratelimit import RateLimitConfig, RateLimiter, bucket_key
 from payfn_shared.redis_client import create_redis
+
+from infra.components import Redis
+from infra.stack import Supervisor
 
 
 def _commandstats(client: redis.Redis) -> Counter[str]:
@@ -84,7 +86,12 @@ def _noop() -> None:
 def run(redis_url: str | None = None, calls: int = 5000) -> dict[str, dict[str, Any]]:
     """Measure every row, print a table, return ``{row: {us_per_call, redis_commands_per_call,
     round_trips_per_call, commands: {name: per call}}}``."""
-    client = create_redis(redis_url or load_settings().redis_url)
+    if redis_url is None:
+        # make bench needs no running stack: bring up (or reuse) the stack's Redis.
+        supervisor = Supervisor(components=[Redis])
+        supervisor.up()
+        redis_url = supervisor.settings.redis_url
+    client = create_redis(redis_url)
     trips = _RoundTrips(client)
     name = f"bench-{uuid.uuid4().hex[:8]}"
     merchant = f"bench-{uuid.uuid4().hex[:8]}"
