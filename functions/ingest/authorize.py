@@ -7,10 +7,12 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from payfn_shared.api import create_app, logger, reply_response, request_json
 from payfn_shared.payments.service import get_payment_service
+from payfn_shared.publisher import warm_publisher
 from payfn_shared.validation import load_validation_config, validate_authorize
 
 app = create_app()
 config = load_validation_config()
+warm_publisher()
 
 
 @app.post("/payments/authorize")

@@ -11,9 +11,11 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from payfn_shared.db import get_database
+from payfn_shared.publisher import warm_publisher
 from payfn_shared.relay import OutboxRelay, get_relay_publisher
 
 logger = Logger(service="outbox-relay")
+warm_publisher(get_relay_publisher)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -138,7 +138,7 @@ def test_rows_of_one_key_are_published_in_id_order(
     ensure_topics(settings.kafka_bootstrap, 1, (topic,))
     key = str(uuid.uuid4())
     event_ids = insert_rows(db, topic, [key, key, key], outbox_ids)
-    publisher = RelayPublisher(settings.kafka_bootstrap)
+    publisher = RelayPublisher(settings.kafka_bootstrap, config=PATIENT)
     try:
         report = OutboxRelay(Database(settings), publisher, CONFIG).run()
     finally:

@@ -7,6 +7,7 @@ stack or its shared breaker state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,11 +17,13 @@ import pytest
 from payfn_shared.breaker import BreakerConfig, RedisCircuitBreaker
 from payfn_shared.db import Database, DbConfig
 from payfn_shared.idempotency import MariaDbIdempotencyStore
+from payfn_shared.outbox import OutboxRecord
 from payfn_shared.payments import service as service_module
 from payfn_shared.payments.service import PaymentService
 from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublisherConfig
 from payfn_shared.ratelimit import RateLimiter
 from payfn_shared.redis_client import create_redis
+from payfn_shared.topics import PAYMENT_AUTHORIZED
 
 from infra.stack import Supervisor
 from tests.apigw import authorize_event, capture_event, get_event, invoke, load_function, refund_event
@@ -60,6 +63,7 @@ def private(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
             redis_client=redis_client,
         )
         publisher = KafkaPublisher(s.kafka_bootstrap, PublisherConfig(kafka_publish_timeout_ms=500), breaker)
+        _warm(publisher)
         limiter = RateLimiter(redis_client)
         service = PaymentService(database, MariaDbIdempotencyStore(database), limiter, publisher)
         with pytest.MonkeyPatch.context() as patch:
@@ -69,6 +73,16 @@ def private(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
         publisher.close()
         database.close()
         redis_client.close()
+
+
+def _warm(publisher: KafkaPublisher) -> None:
+    """Like a function's init: the first publish of a new producer waits for its handshake
+    (0.5–1 s, longer than this test's 500 ms publish timeout)."""
+    publisher.warm()
+    probe = OutboxRecord(0, "warm-up", "WARM_UP", PAYMENT_AUTHORIZED, "warm-up", b"{}")
+    deadline = time.monotonic() + 30
+    while publisher.deliver([probe])[0] is not None:
+        assert time.monotonic() < deadline, "the private broker never acknowledged a record"
 
 
 def _outbox(connection: pymysql.connections.Connection, payment_id: str) -> dict[str, Any]:

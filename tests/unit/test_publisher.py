@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from confluent_kafka import KafkaError
 from payfn_shared.breaker import CallNotPermittedError
 from payfn_shared.outbox import OutboxRecord
 from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublisherConfig
@@ -14,33 +15,38 @@ from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, Publisher
 RECORD = OutboxRecord(7, "e-1", "PAYMENT_AUTHORIZED", "payment.authorized", "p-1", b'{"a":1}')
 
 
-class FakeFuture:
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
-        self.timeout: float | None = None
-
-    def get(self, timeout: float) -> None:
-        self.timeout = timeout
-        if self.error:
-            raise self.error
-
-
 class FakeProducer:
+    """confluent-kafka's Producer as the publisher uses it: produce, then poll serves reports."""
+
     instances: ClassVar[list[FakeProducer]] = []
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.error: Exception | None = None
-        self.closed = False
+        self.error: KafkaError | None = None
+        self.silent = False
+        self.purged = False
+        self.polls: list[float] = []
+        self._reports: list[Callable[[KafkaError | None, Any], None]] = []
         FakeProducer.instances.append(self)
 
-    def send(self, topic: str, **kwargs: Any) -> FakeFuture:
+    def produce(self, topic: str, *, on_delivery: Callable[[KafkaError | None, Any], None],
+                **kwargs: Any) -> None:
         self.sent.append((topic, kwargs))
-        return FakeFuture(self.error)
+        self._reports.append(on_delivery)
 
-    def close(self, timeout: float) -> None:
-        self.closed = True
+    def poll(self, timeout: float) -> int:
+        self.polls.append(timeout)
+        if self.silent:
+            time.sleep(timeout)
+            return 0
+        reports, self._reports = self._reports, []
+        for report in reports:
+            report(self.error, None)
+        return len(reports)
+
+    def purge(self) -> None:
+        self.purged = True
 
 
 class PassThroughBreaker:
@@ -73,28 +79,42 @@ def test_sends_with_key_headers_and_bounded_producer() -> None:
     headers = [("eventId", b"e-1"), ("eventType", b"PAYMENT_AUTHORIZED")]
     assert producer.sent == [("payment.authorized", {"key": b"p-1", "value": b'{"a":1}', "headers": headers})]
     config = producer.config
-    assert config["bootstrap_servers"] == ["h1:9092", "h2:9092"]
-    assert config["acks"] == "all" and config["enable_idempotence"] is True
-    assert config["max_block_ms"] == 800 and config["bootstrap_timeout_ms"] == 800
+    assert config["bootstrap.servers"] == "h1:9092,h2:9092"
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
+    assert config["message.timeout.ms"] == 800
     publisher.publish([RECORD])
     assert len(FakeProducer.instances) == 1, "the producer is reused warm"
 
 
-def test_timeout_is_a_failed_outcome_and_keeps_the_producer() -> None:
+def test_librdkafka_timeout_is_a_failed_outcome_and_keeps_the_producer() -> None:
     publisher = _publisher(PassThroughBreaker())
     publisher.publish([RECORD])
-    FakeProducer.instances[0].error = KafkaTimeoutError("no ack")
+    FakeProducer.instances[0].error = KafkaError(KafkaError._MSG_TIMED_OUT)
     outcome, = publisher.publish([RECORD])
-    assert not outcome.published and "KafkaTimeoutError" in (outcome.error or "")
-    assert not FakeProducer.instances[0].closed
+    assert not outcome.published and (outcome.error or "").startswith("KafkaTimeoutError")
+    assert not FakeProducer.instances[0].purged
 
 
-def test_other_errors_drop_the_producer() -> None:
+def test_no_report_in_time_is_a_timeout_bounded_by_the_config() -> None:
+    publisher = KafkaPublisher("h:9092", PublisherConfig(kafka_publish_timeout_ms=50), PassThroughBreaker(),
+                               FakeProducer)
+    publisher.publish([RECORD])
+    producer = FakeProducer.instances[0]
+    producer.silent = True
+    outcome, = publisher.publish([RECORD])
+    assert (outcome.error or "").startswith("KafkaTimeoutError")
+    assert sum(producer.polls[1:]) <= 0.05 + 0.1 + 0.06, "the wait stops at the timeout plus the grace"
+
+
+def test_fatal_errors_drop_the_producer_others_keep_it() -> None:
     publisher = _publisher(PassThroughBreaker())
     publisher.publish([RECORD])
-    FakeProducer.instances[0].error = RuntimeError("fatal epoch")
+    FakeProducer.instances[0].error = KafkaError(KafkaError._TRANSPORT)
     assert not publisher.publish([RECORD])[0].published
-    assert FakeProducer.instances[0].closed
+    assert not FakeProducer.instances[0].purged, "librdkafka reconnects by itself"
+    FakeProducer.instances[0].error = KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, fatal=True)
+    assert not publisher.publish([RECORD])[0].published
+    assert FakeProducer.instances[0].purged
     publisher.publish([RECORD])
     assert len(FakeProducer.instances) == 2
 

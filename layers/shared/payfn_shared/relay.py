@@ -38,13 +38,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaError
 
 from payfn_shared.breaker import CallNotPermittedError
 from payfn_shared.config import ConfigError, load_dataclass, load_settings
 from payfn_shared.db import Cursor, Database
 from payfn_shared.outbox import OutboxRecord, mark_failed
-from payfn_shared.publisher import KafkaPublisher, PublishOutcome
+from payfn_shared.publisher import KafkaDeliveryError, KafkaPublisher, PublishOutcome
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,14 @@ def read_backlog(cursor: Cursor) -> Backlog:
     return Backlog(int(row.get("backlog") or 0), 0.0 if age_us is None else max(int(age_us), 0) / 1e6)
 
 
+#: Errors that belong to the record, not to Kafka: the client refuses such a record
+#: before any I/O, and sending it again can never succeed.
+RECORD_FAULTS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.TOPIC_EXCEPTION,
+    KafkaError._INVALID_ARG, KafkaError.INVALID_RECORD,
+})
+
+
 class BatchFailed(Exception):
     """Kafka failed some records of a batch: the breaker counts the batch as one failed call."""
 
@@ -159,36 +167,19 @@ class RelayPublisher(KafkaPublisher):
         """Send every record, then wait for every ack (within one publish timeout).
 
         Raises :class:`BatchFailed` (carrying every outcome) when Kafka failed any
-        record. A record the client rejects before any I/O (illegal topic, oversized
-        value) is the row's fault, not Kafka's: it fails alone, unnoticed by the
-        breaker. After a send that could not even start (no metadata: broker down),
-        the rest of the batch is not attempted and keeps its rows untouched.
+        record. A record the client rejects before any I/O (oversized value, a topic
+        name Kafka forbids) is the row's fault, not Kafka's: it fails alone,
+        unnoticed by the breaker.
         """
-        deadline = time.monotonic() + self.timeout_seconds
-        producer = self._get_producer()
-        pending: list[tuple[OutboxRecord, Any]] = []
         outcomes: list[PublishOutcome] = []
         broker_failure = False
-        for record in records:
-            try:
-                future = producer.send(record.topic, key=record.key.encode(), value=record.payload,
-                                       headers=record.headers())
-            except KafkaError as exc:
-                outcomes.append(PublishOutcome(record, f"{type(exc).__name__}: {exc}"))
-                broker_failure = True
-                break
-            except (ValueError, TypeError, AssertionError) as exc:
-                outcomes.append(PublishOutcome(record, f"{type(exc).__name__}: {exc}"))
-            else:
-                pending.append((record, future))
-        for record, future in pending:
-            try:
-                future.get(timeout=max(deadline - time.monotonic(), 0.001))
-            except KafkaError as exc:
-                broker_failure = True
-                outcomes.append(PublishOutcome(record, f"{type(exc).__name__}: {exc}"))
-            else:
+        for record, error in zip(records, self.deliver(records), strict=True):
+            if error is None:
                 outcomes.append(PublishOutcome(record))
+                continue
+            outcomes.append(PublishOutcome(record, f"{type(error).__name__}: {error}"))
+            if not (isinstance(error, KafkaDeliveryError) and error.error.code() in RECORD_FAULTS):
+                broker_failure = True
         if broker_failure:
             raise BatchFailed(outcomes)
         return outcomes
@@ -203,8 +194,6 @@ class RelayPublisher(KafkaPublisher):
             return None
         except BatchFailed as failed:
             log.warning("outbox relay: %s", failed)
-            if any(o.error and not o.error.startswith("KafkaTimeoutError") for o in failed.outcomes):
-                self._drop_producer()
             return failed.outcomes
 
 

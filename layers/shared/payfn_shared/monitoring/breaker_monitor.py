@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from payfn_shared.breaker import (
     CLOSED,
@@ -78,18 +78,13 @@ class BreakerMonitor:
         bootstrap = self.settings.kafka_bootstrap
         timeout = self.config.kafka_timeout_ms
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap.split(","),
-                client_id="payfn-monitoring",
-                request_timeout_ms=timeout,
-                bootstrap_timeout_ms=timeout,
-            )
-            try:
-                topics = set(admin.list_topics())
-                described = admin.describe_topics([t for t in ALL_TOPICS if t in topics])
-            finally:
-                admin.close()
-        except (KafkaError, OSError, ValueError) as exc:
+            admin = AdminClient({
+                "bootstrap.servers": bootstrap,
+                "client.id": "payfn-monitoring",
+                "socket.timeout.ms": timeout,
+            })
+            metadata = admin.list_topics(timeout=timeout / 1000)
+        except (KafkaException, ValueError) as exc:
             latency = round((time.monotonic() - started) * 1000, 1)
             return {
                 "summary": f"🔴 Kafka DOWN at {bootstrap}: {type(exc).__name__}: {exc}",
@@ -100,7 +95,8 @@ class BreakerMonitor:
                 "error": f"{type(exc).__name__}: {exc}",
             }
         latency = round((time.monotonic() - started) * 1000, 1)
-        partitions = {item["name"]: len(item["partitions"]) for item in described}
+        topics = set(metadata.topics)
+        partitions = {name: len(metadata.topics[name].partitions) for name in ALL_TOPICS if name in topics}
         missing = [topic for topic in ALL_TOPICS if topic not in topics]
         status = "UP" if not missing else "DEGRADED"
         summary = f"{'✅' if status == 'UP' else '🟡'} Kafka {status} at {bootstrap} ({latency} ms)" + (
