@@ -19,6 +19,9 @@ class HostConfig:
     - ``runtime_idle_seconds``: an environment unused this long is reaped.
     - ``runtime_code_check_seconds``: how often code folders are checked for changes.
     - ``runtime_init_timeout_seconds``: Lambda's limit on the init phase (10 s).
+    - ``runtime_max_initialising``: cold starts in progress at once per function; a
+      request beyond it waits (within the queue wait) for a warm environment or its
+      own cold start (see ``FunctionPool``). 0 = no cap.
     - ``runtime_prewarm``: environments started per function when the host starts, so
       the first requests find them warm (Lambda's provisioned concurrency, in spirit).
     - ``registry_renew_seconds``: the registry lease renewal interval (Eureka's 30 s).
@@ -29,6 +32,7 @@ class HostConfig:
     runtime_idle_seconds: float = 300.0
     runtime_code_check_seconds: float = 1.0
     runtime_init_timeout_seconds: float = 10.0
+    runtime_max_initialising: int = 2
     runtime_prewarm: int = 0
     registry_renew_seconds: float = 30.0
 
@@ -37,6 +41,8 @@ class HostConfig:
             raise ConfigError("PAYFN_RUNTIME_MAX_ENVIRONMENTS must be at least 1")
         if self.runtime_queue_wait_ms < 0:
             raise ConfigError("PAYFN_RUNTIME_QUEUE_WAIT_MS must not be negative")
+        if self.runtime_max_initialising < 0:
+            raise ConfigError("PAYFN_RUNTIME_MAX_INITIALISING must not be negative")
         if self.runtime_prewarm < 0:
             raise ConfigError("PAYFN_RUNTIME_PREWARM must not be negative")
         for name in ("runtime_idle_seconds", "runtime_code_check_seconds", "runtime_init_timeout_seconds",

@@ -285,17 +285,28 @@ class FunctionPool:
     """The environments of one function and its concurrency accounting."""
 
     def __init__(self, definition: FunctionDefinition, limit: int, init_timeout: float,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None, max_initialising: int | None = None) -> None:
         """``extra_env`` is added to every environment's variables by the host (not the template),
-        e.g. ``PROMETHEUS_MULTIPROC_DIR`` (see ``infra.runtime.metrics``)."""
+        e.g. ``PROMETHEUS_MULTIPROC_DIR`` (see ``infra.runtime.metrics``).
+
+        ``max_initialising`` caps the cold starts in progress at once (None: no cap).
+        A burst would otherwise start one environment per waiting request, each
+        spending a second of CPU on imports, on a machine whose few cores are what
+        the warm environments need to drain that very burst; capped, a request waits
+        (within its queue wait) for whichever comes first: a warm environment given
+        back or a cold start of its own once one finishes. Lambda, too, scales a
+        function up at a bounded rate rather than all at once.
+        """
         self.definition = definition
         self.extra_env = dict(extra_env or {})
         self.limit = limit
         self.init_timeout = init_timeout
+        self.max_initialising = max_initialising
         self.generation = 0
         self.idle: list[Environment] = []
         self.busy: set[Environment] = set()
         self.in_use = 0
+        self.initialising = 0
         self.waiters: deque[asyncio.Future[Environment | None]] = deque()
 
     async def acquire(self, queue_wait: float | None) -> tuple[Environment, bool]:
@@ -311,7 +322,7 @@ class FunctionPool:
                 self.busy.add(environment)
                 return environment, False
             await environment.kill()
-        if self.in_use >= self.limit:
+        if self.in_use >= self.limit or not self._may_initialise():
             if queue_wait is not None and queue_wait <= 0:
                 raise Throttled(self.definition.logical_id)
             loop = asyncio.get_running_loop()
@@ -320,6 +331,10 @@ class FunctionPool:
             timer = None if queue_wait is None else loop.call_later(queue_wait, _expire, future)
             try:
                 handed = await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._give_back(future.result())
+                raise
             except TimeoutError:
                 # release()/_free_slot() may have dequeued (and skipped) the expired waiter
                 # between its timer firing and this coroutine resuming.
@@ -333,16 +348,42 @@ class FunctionPool:
             if handed is not None:
                 self.busy.add(handed)
                 return handed, False
+            # Handed a slot (and an init reservation) to start an environment of our own.
         else:
             self.in_use += 1
+            self.initialising += 1
         environment = Environment(self.definition, self.generation, self.extra_env)
         try:
             await environment.start(self.init_timeout)
         except BaseException:
+            self.initialising -= 1
             self._free_slot()
             raise
+        self.initialising -= 1
         self.busy.add(environment)
+        self._start_waiter()
         return environment, True
+
+    def _give_back(self, handed: Environment | None) -> None:
+        """A waiter was handed something and then cancelled before using it."""
+        if handed is None:
+            self.initialising -= 1
+            self._free_slot()
+        else:
+            self.busy.add(handed)
+            self.release(handed, reusable=True)
+
+    def _may_initialise(self) -> bool:
+        return self.max_initialising is None or self.initialising < self.max_initialising
+
+    def _start_waiter(self) -> None:
+        """A slot and an init reservation are free: let the first live waiter start an environment."""
+        while self.waiters and self.in_use < self.limit and self._may_initialise():
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                self.initialising += 1
+                waiter.set_result(None)
 
     async def prewarm(self, count: int) -> int:
         """Start up to ``count`` environments ahead of demand; return how many are ready.
@@ -353,14 +394,17 @@ class FunctionPool:
         ready = 0
         for _ in range(min(count, self.limit - self.in_use - len(self.idle))):
             self.in_use += 1
+            self.initialising += 1
             environment = Environment(self.definition, self.generation, self.extra_env)
             try:
                 await environment.start(self.init_timeout)
             except InitFailed as failure:
+                self.initialising -= 1
                 self._free_slot()
                 log.warning("%s: prewarm stopped, init failed: %s", self.definition.logical_id,
                             failure.body.decode(errors="replace"))
                 break
+            self.initialising -= 1
             self.busy.add(environment)
             self.release(environment, reusable=True)
             ready += 1
@@ -386,12 +430,8 @@ class FunctionPool:
 
     def _free_slot(self) -> None:
         """A slot ends without an environment to pass on: a waiter may start a new one."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
         self.in_use -= 1
+        self._start_waiter()
 
     async def reap_idle(self, idle_seconds: float) -> int:
         """Kill environments idle for longer than ``idle_seconds``; return how many."""

@@ -129,7 +129,8 @@ class HostedFunction:
         # ReservedConcurrentExecutions 0 is Lambda's way to disable a function: it throttles everything.
         reserved = definition.reserved_concurrency
         limit = config.runtime_max_environments if reserved is None else reserved
-        self.pool = FunctionPool(definition, limit, config.runtime_init_timeout_seconds, extra_env)
+        self.pool = FunctionPool(definition, limit, config.runtime_init_timeout_seconds, extra_env,
+                                 max_initialising=config.runtime_max_initialising or None)
         self.metrics = metrics
         self.http = http
         self.code_signature: tuple[Signature, ...] | None = None
