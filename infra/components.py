@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from pathlib import Path
 from payfn_shared.config import Settings
 
 from infra.template import Template
+
+log = logging.getLogger(__name__)
 
 #: How long a component may take to answer its first health check.
 DEFAULT_START_TIMEOUT = 45.0
@@ -104,6 +107,9 @@ class Component(ABC):
     def url(self) -> str | None:
         """A URL worth printing for a person, if the component has one."""
         return None
+
+    def before_stop(self) -> None:  # noqa: B027 - optional hook, most components stop on SIGTERM alone
+        """Called just before our process of this component gets SIGTERM."""
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -267,7 +273,15 @@ class Redis(Component):
 
 
 class KafkaBroker(Component):
-    """The Kafka-protocol broker shipped in ``noida-db`` (stop with SIGTERM: it snapshots)."""
+    """The Kafka-protocol broker shipped in ``noida-db``.
+
+    Stopping it takes two steps. SIGTERM alone snapshots the data, but records the
+    broker acknowledged in the last fraction of a second before the signal can be
+    missing from that snapshot (measured: 29–688 acknowledged records lost per stop
+    under load), so an acknowledged payment event would vanish. ``noida-db stop kafka``
+    first stops the Kafka service cleanly (no record lost in the same test), then the
+    process gets its SIGTERM as every component does.
+    """
 
     name = "kafka"
     title = "Kafka broker"
@@ -285,12 +299,27 @@ class KafkaBroker(Component):
     def prepare(self) -> None:
         self.paths.data("kafka").mkdir(parents=True, exist_ok=True)
 
-    def command(self) -> list[str]:
+    @staticmethod
+    def binary() -> Path:
         import noida_db
 
-        binary = Path(noida_db.__file__).parent / "noida-db"
-        return [str(binary), "start", "--data-dir", str(self.paths.data("kafka")), "--host", self.host,
+        return Path(noida_db.__file__).parent / "noida-db"
+
+    def command(self) -> list[str]:
+        return [str(self.binary()), "start", "--data-dir", str(self.paths.data("kafka")), "--host", self.host,
                 "--only", "kafka", "--kafka-port", str(self.port)]
+
+    def before_stop(self) -> None:
+        argv = [str(self.binary()), "stop", "kafka", "--data-dir", str(self.paths.data("kafka"))]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=self.stop_timeout,
+                                    check=False)
+        except subprocess.TimeoutExpired:
+            log.warning("stopping the Kafka service of noida-db timed out; SIGTERM follows")
+            return
+        if result.returncode != 0:
+            log.warning("stopping the Kafka service of noida-db failed (%s): %s", result.returncode,
+                        (result.stderr or result.stdout).strip()[-300:])
 
     def healthy(self) -> bool:
         from infra.kafka_admin import broker_ready

@@ -145,7 +145,7 @@ class Supervisor:
                     statuses.append(self._bring_up(component, started))
             except BaseException:
                 for component, process in reversed(started):
-                    process.stop(timeout=component.stop_timeout)
+                    self._stop(component, process)
                 raise
             return statuses
 
@@ -204,8 +204,14 @@ class Supervisor:
                     continue
                 process = self.process(component)
                 if process.pid is not None:
-                    results.append((component.name, process.stop(timeout=component.stop_timeout)))
+                    results.append((component.name, self._stop(component, process)))
             return results
+
+    @staticmethod
+    def _stop(component: Component, process: ManagedProcess) -> bool:
+        """The component's own stop step first (see ``Component.before_stop``), then SIGTERM."""
+        component.before_stop()
+        return process.stop(timeout=component.stop_timeout)
 
     def component(self, name: str) -> Component:
         for component in self.components:

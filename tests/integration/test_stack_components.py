@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import boto3
 import pymysql
 import pytest
+from confluent_kafka import Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from payfn_shared.config import Settings
 from payfn_shared.topics import ALL_TOPICS
 
+from infra.components import KafkaBroker
+from infra.kafka_admin import ensure_topics
 from infra.migrations import discover
+from infra.process import free_port
+from infra.stack import Supervisor
 
 
 def test_sql_round_trip(db: pymysql.connections.Connection) -> None:
@@ -104,3 +113,61 @@ def test_prometheus_ready_and_queryable(settings: Settings) -> None:
         assert response.status == 200
     with urllib.request.urlopen(f"{settings.prometheus_url}/api/v1/query?query=up", timeout=5) as response:
         assert json.load(response)["status"] == "success"
+
+
+def test_stopping_the_broker_keeps_every_acknowledged_record(settings: Settings, tmp_path: Path) -> None:
+    """Regression: SIGTERM alone made noida-db lose records it acknowledged just before
+    exiting (an outbox row marked published whose event never reached a consumer).
+    The supervisor's stop must keep every record a producer got an ack for."""
+    private = replace(settings, stack_dir=str(tmp_path), kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    supervisor = Supervisor(private, components=[KafkaBroker])
+    supervisor.up()
+    try:
+        ensure_topics(private.kafka_bootstrap, 3, ("test.stop",))
+        acked: list[bytes] = []
+        producer = Producer({"bootstrap.servers": private.kafka_bootstrap, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 0, "message.timeout.ms": 1500})
+        stop = threading.Event()
+
+        def produce() -> None:
+            def report(error: object, message: Any) -> None:
+                if error is None:
+                    acked.append(message.value())
+
+            while not stop.is_set():
+                producer.produce("test.stop", value=uuid.uuid4().hex.encode(), on_delivery=report)
+                producer.poll(0.002)
+
+        writer = threading.Thread(target=produce)
+        writer.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 300:
+            assert time.monotonic() < deadline, "the broker acknowledged too little before the stop"
+            time.sleep(0.05)
+        supervisor.down(["kafka"])  # while records keep coming
+        time.sleep(1)
+        stop.set()
+        writer.join()
+        producer.flush(3)
+        supervisor.up()
+        stored = read_topic(private.kafka_bootstrap, "test.stop", 3)
+        lost = [value for value in acked if value not in stored]
+        assert not lost, f"{len(lost)} of {len(acked)} acknowledged records lost by the stop"
+    finally:
+        supervisor.down()
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int) -> set[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    parts = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + 30
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        assert time.monotonic() < deadline, "could not read the topic back"
+        for records in consumer.poll(timeout_ms=500).values():
+            seen.update(record.value for record in records)
+    consumer.close()
+    return seen
