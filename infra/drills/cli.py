@@ -4,7 +4,9 @@ By default a drill runs against the stack of the current environment (``PAYFN_*`
 ``.env``), like every other ``payfn`` command. ``--private`` starts a whole stack of
 its own on free ports in a temporary folder and stops it afterwards, so a drill can
 stop the broker or the database without disturbing anyone else's stack; with
-``--fast`` that private stack also gets short breaker durations.
+``--fast`` that private stack also gets short breaker durations. ``--outage-seconds``
+sets how long a timed drill keeps its component broken (the broker-outage drill's
+60 s, the Redis/database/host drills' ``PAYFN_DRILL_OUTAGE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from infra.drills import scenarios
+from infra.drills import outage, scenarios
 from infra.drills.client import GatewayClient
 from infra.drills.config import FAST_BREAKER_PARAMETERS, DrillConfig, load_drill_config
 from infra.drills.report import DrillFailed, Report
@@ -24,6 +26,7 @@ DRILLS: dict[str, Callable[[scenarios.Drill], None]] = {
     "database": scenarios.drill_database,
     "host": scenarios.drill_host,
     "consumer": scenarios.drill_consumer,
+    "broker-outage": outage.drill_broker_outage,
 }
 #: Function hosts a private stack runs per drill (the host drill kills one of two).
 PRIVATE_SCALE: dict[str, dict[str, int]] = {"host": {"INGEST-SERVICE": 2}}
@@ -52,7 +55,7 @@ def run_drill(name: str, target: DrillTarget, config: DrillConfig) -> int:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    config = load_drill_config(fast=args.fast)
+    config = load_drill_config(fast=args.fast, outage_seconds=args.outage_seconds)
     if not args.private:
         return run_drill(args.name, DrillTarget(), config)
     parameters = FAST_BREAKER_PARAMETERS if args.fast else {}
@@ -72,5 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="short timings (CI); with --private also short breaker durations")
     drill.add_argument("--private", action="store_true",
                        help="run against a private stack on free ports (started and stopped by the drill)")
+    drill.add_argument("--outage-seconds", type=float, default=None, metavar="S",
+                       help="how long the component stays broken (broker-outage: 60 s, also with --fast)")
     drill.set_defaults(func=cmd_drill)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,18 +146,37 @@ def flow_state(connection: pymysql.connections.Connection, merchants: Sequence[s
     )
 
 
-def wait_settled(settings: Settings, merchants: Sequence[str], timeout: float) -> tuple[FlowState, float]:
-    """Poll until the outbox is drained and every consumer caught up (or ``timeout``)."""
+def wait_settled(settings: Settings, merchants: Sequence[str], timeout: float,
+                 progress: Callable[[FlowState, float], None] | None = None,
+                 progress_every: float = 5.0) -> tuple[FlowState, float]:
+    """Poll until the outbox is drained and every consumer caught up (or ``timeout``).
+
+    ``progress`` is called with the latest state every ``progress_every`` seconds of
+    waiting, so a long drain shows how far it got rather than a silent minute.
+    """
     started = time.monotonic()
+    reported = started
     connection = connect(settings)
     try:
         while True:
             state = flow_state(connection, merchants)
-            if state.settled or time.monotonic() - started >= timeout:
-                return state, time.monotonic() - started
+            elapsed = time.monotonic() - started
+            if state.settled or elapsed >= timeout:
+                return state, elapsed
+            if progress is not None and time.monotonic() - reported >= progress_every:
+                reported = time.monotonic()
+                progress(state, elapsed)
             time.sleep(0.5)
     finally:
         connection.close()
+
+
+def describe_progress(state: FlowState) -> str:
+    """One line on how far the event flow got: what is left to publish and to apply."""
+    missing = state.missing_processed()
+    left = sum(n for n in missing.values() if n > 0)
+    return (f"{sum(state.events().values())} events: {state.unpublished} unpublished, {left} consumer"
+            f" applications missing, {len(state.projections_off)} projection(s) behind")
 
 
 def kafka_event_counts(bootstrap: str, event_ids: Iterable[str], timeout: float = 30.0) -> Counter[str]:
@@ -187,6 +206,53 @@ def kafka_event_counts(bootstrap: str, event_ids: Iterable[str], timeout: float 
     return counts
 
 
+def consumer_lag(bootstrap: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Records not yet committed per consumer group: end offset - committed offset, summed over
+    the partitions of the group's topics (a partition never committed counts from 0).
+
+    Read over the Kafka protocol, not from the poller's metrics: the check must hold for
+    whatever consumes (our poller, Lambda's own event-source mapping on AWS).
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    servers = bootstrap.split(",")
+    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, request_timeout_ms=10000)
+    try:
+        lag = {}
+        for group, topics in groups.items():
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+            partitions = [TopicPartition(topic, p) for topic in topics
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = consumer.end_offsets(partitions)
+            lag[group] = sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0
+                                         else 0) for tp in partitions)
+        return lag
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def describe_outbox_rows(settings: Settings, event_ids: Sequence[str]) -> str:
+    """What the database knows of some events (when written, when marked published, how often
+    tried, whether a consumer applied them): enough to tell, from a failed run's report alone,
+    a publish that was never acknowledged from one the broker acknowledged and then lost."""
+    connection = connect(settings)
+    try:
+        marks, params = in_list(event_ids)
+        with connection.cursor() as cursor:
+            cursor.execute(expand_in(
+                "SELECT o.id, o.event_id, o.topic, o.created_at, o.published_at, o.attempts, o.last_error,"
+                " (SELECT COUNT(*) FROM processed_event pe WHERE pe.event_id = o.event_id) AS applied"
+                " FROM outbox_event o WHERE o.event_id IN ($)", marks), params)
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    return "; ".join(f"outbox {r['id']} {r['event_id']} {r['topic']} created {r['created_at']}"
+                     f" published {r['published_at']} attempts {r['attempts']} last error {r['last_error']!r}"
+                     f" applied by {r['applied']} consumer(s)" for r in rows)
+
+
 def check_consistency(report: Report, settings: Settings, client: GatewayClient, drain_timeout: float,
                       *, read_kafka: bool = True, strict_extra: bool = True) -> None:
     """Assert that the database, the outbox, Kafka, the consumers and the clients agree.
@@ -198,7 +264,11 @@ def check_consistency(report: Report, settings: Settings, client: GatewayClient,
     merchants = sorted(ledger.merchants())
     report.check("run used merchants", "at least one merchant with a 2xx payment", bool(merchants),
                  f"{len(merchants)} merchant(s), {len(ledger.payments)} payment(s) acknowledged")
-    state, waited = wait_settled(settings, merchants, drain_timeout)
+
+    def progress(now: FlowState, elapsed: float) -> None:
+        report.progress(f"draining {elapsed:.0f}/{drain_timeout:.0f} s: {describe_progress(now)}")
+
+    state, waited = wait_settled(settings, merchants, drain_timeout, progress)
     report.check("outbox drained", f"every outbox row published within {drain_timeout:.0f} s",
                  state.unpublished == 0, f"{state.unpublished} unpublished after {waited:.1f} s")
     connection = connect(settings)
@@ -261,7 +331,8 @@ def check_consistency(report: Report, settings: Settings, client: GatewayClient,
         missing = [e["event_id"] for e in events if not in_kafka[e["event_id"]]]
         again = sum(n - 1 for n in in_kafka.values() if n > 1)
         report.check("every event is in Kafka", "each outbox event found in its topic (full read)",
-                     not missing, f"{len(events) - len(missing)}/{len(events)} found; {len(missing)} missing")
+                     not missing, f"{len(events) - len(missing)}/{len(events)} found; {len(missing)} missing"
+                     + (f": {describe_outbox_rows(settings, missing[:3])}" if missing else ""))
         report.info("events delivered to Kafka more than once",
                     f"{again} extra copies (at-least-once; the consumers dedupe by eventId)")
     missing_processed = state.missing_processed()

@@ -65,6 +65,12 @@ class Report:
         """A measured value that is reported but not asserted (latencies, counts)."""
         self._add(name, "(reported, not asserted)", str(observed), INFO)
 
+    def progress(self, text: str) -> None:
+        """A line printed while a long wait goes on (neither a step nor asserted), so that a
+        minute of outage or drain shows what is happening instead of looking hung."""
+        self.out.write(f"{'':>5}{time.monotonic() - self.started:>7.1f}s  ...      {text}\n")
+        self.out.flush()
+
     @property
     def passed(self) -> bool:
         return bool(self.steps) and all(step.verdict != FAIL for step in self.steps)

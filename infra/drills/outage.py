@@ -1,0 +1,577 @@
+"""The broker-outage drill: the broker stopped for a minute under a steady flow of payments.
+
+Issue #5's must-show, end to end through the gateway: authorize → capture → refund
+flows arrive at a steady rate; the broker is stopped (the supervisor's SIGTERM) for
+``drill_broker_outage_seconds`` (60 s) while they keep arriving, then started; the load
+runs on until the breaker has closed again and a little longer. Afterwards every
+outbox row must be published and every event applied exactly once: the counts of
+payments, ledger entries per transition, outbox rows, ``processed_event`` rows and the
+projection totals must match the flows the clients completed exactly, and every
+consumer group's committed offsets must have reached the end of its topics.
+
+Why it looks like this:
+
+- Open model: flows ARRIVE at the configured rate whatever the system does, each on a
+  worker of a fixed pool; an arrival that finds no free worker is dropped and counted.
+  A system that slows down during the outage therefore shows as flows piling up (or
+  dropped), never as a generator that quietly sends fewer requests into the outage.
+- Clients retry only what a payment client may retry (429, 502/503/504, no answer at
+  all) and only with the same idempotency key; a capture or refund whose retry meets
+  409 asks for the payment, since its first attempt may have committed. The drill
+  asserts that every answer was 2xx, with one exception: a throttle (429 "Too Many
+  Requests" from the function runtime, before the function ran: Lambda's throttle)
+  retried to success. While the breaker is still closed, each request waits on the
+  dead broker for the publish timeout, so concurrency rises for a few seconds; the
+  local runtime caps environments per function where Lambda would scale out, and a
+  throttle has no effect to lose or duplicate. They are counted and reported. Any
+  5xx, timeout, rate-limit 429 or 409 fails the drill: the payment commits to
+  MariaDB, only publishing fails, and that must never reach the client.
+- The flows use many merchants, so per-merchant rate limits never answer 429 and blur
+  what the outage did.
+- The breaker is sampled through the gateway every second of the outage: the report
+  shows it opening (publishing failed) and refusing calls, which is what keeps the
+  requests fast while the broker is away.
+- The outbox rows waiting when the broker comes back are marked (by id) and watched
+  until published: "time to drain" is measured on exactly the outage's backlog, not
+  on rows the load keeps adding.
+- Every event is read back from Kafka, not only counted in the outbox: the broker is
+  stopped while publishes are in flight, and a record the broker acknowledged (so the
+  outbox marked it published) but did not keep across its restart is a lost event
+  that no database count would show until a consumer missed it.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from payfn_shared.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
+from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
+
+from infra.drills.client import CONNECTION_ERROR, RETRYABLE, Answer, GatewayClient
+from infra.drills.consistency import (
+    EVENTS_BY_STATUS,
+    LEDGER_CONSUMED,
+    TRANSITIONS_BY_STATUS,
+    connect,
+    consumer_lag,
+    expand_in,
+    in_list,
+)
+from infra.drills.report import DrillFailed
+from infra.drills.scenarios import (
+    CLOSED,
+    HALF_OPEN_PARAMETER,
+    OPEN,
+    WAIT_PARAMETER,
+    Drill,
+    breaker_state,
+    finish,
+    open_drill,
+    poll,
+)
+from infra.eventsource.sources import kafka_sources
+from infra.process import port_open
+
+#: Seconds an ingest request holds its execution environment once the broker is gone and
+#: the breaker has not opened yet: the publish timeout (1.5 s) plus the request itself,
+#: about doubled on a busy 2-core machine (measured: 2-4 s in the outage's first seconds).
+OUTAGE_REQUEST_SECONDS = 3.0
+#: How often the report says how the outage and the recovery are going.
+PROGRESS_SECONDS = 10.0
+EVENT_TYPES = (EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED)
+JITTER = random.SystemRandom()
+
+
+#: The message of API Gateway's answer to a Lambda throttle (the function never ran).
+THROTTLE_MESSAGE = "Too Many Requests"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One HTTP answer of the load: when its request started (monotonic), what, how it ended."""
+
+    at: float
+    operation: str
+    status: int
+    seconds: float
+    code: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def throttled(self) -> bool:
+        return self.status == 429 and self.code == THROTTLE_MESSAGE
+
+
+def acceptable(samples: Sequence[Sample]) -> bool:
+    """Every answer 2xx or a throttle (which the flow retried: a failed flow fails on its own)."""
+    return all(s.ok or s.throttled for s in samples)
+
+
+@dataclass
+class FlowLoad:
+    """Open-model authorize → capture → refund flows at ``rate`` per second over ``merchants``."""
+
+    client: GatewayClient
+    merchants: Sequence[str]
+    rate: float
+    workers: int = 64
+    retry_seconds: float = 30.0
+    arrivals: list[float] = field(default_factory=list)
+    dropped: int = 0
+    completed: int = 0
+    resolved_by_lookup: int = 0
+    failures: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queue: queue.Queue[int | None] = field(default_factory=queue.Queue)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _dispatcher: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._slots = threading.Semaphore(self.workers)
+
+    def start(self) -> None:
+        for number in range(self.workers):
+            self._threads.append(threading.Thread(target=self._work, name=f"flow-{number}", daemon=True))
+        self._dispatcher = threading.Thread(target=self._dispatch, name="flow-arrivals", daemon=True)
+        for thread in (*self._threads, self._dispatcher):
+            thread.start()
+
+    def stop(self) -> bool:
+        """Stop the arrivals and let every arrived flow finish; True when all workers ended."""
+        self._stop.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + 3 * self.retry_seconds + 3 * self.client.timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def burst(self, count: int) -> None:
+        """Run ``count`` flows at the same moment (each on its own thread) and wait for them."""
+        go = threading.Barrier(count)
+
+        def one(index: int) -> None:
+            go.wait()
+            try:
+                self._flow(index)
+            except Exception as error:  # reported by the caller's check, like a failed flow
+                self._fail(index, "flow", f"{type(error).__name__}: {error}")
+            finally:
+                self.client.close()
+
+        threads = [threading.Thread(target=one, args=(index,), daemon=True) for index in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self.arrivals) - self.dropped - self.completed - len(self.failures)
+
+    def answers(self, start: float = 0.0, end: float = float("inf")) -> list[Sample]:
+        """Answers to requests that started in ``[start, end)``."""
+        with self._lock:
+            return [s for s in self.samples if start <= s.at < end]
+
+    def arrived(self, start: float, end: float) -> int:
+        with self._lock:
+            return sum(1 for at in self.arrivals if start <= at < end)
+
+    def _dispatch(self) -> None:
+        started = time.monotonic()
+        index = 0
+        while not self._stop.wait(max(0.0, started + index / self.rate - time.monotonic())):
+            index += 1
+            with self._lock:
+                self.arrivals.append(time.monotonic())
+            if self._slots.acquire(blocking=False):
+                self._queue.put(index)
+            else:
+                with self._lock:
+                    self.dropped += 1
+
+    def _work(self) -> None:
+        try:
+            while (index := self._queue.get()) is not None:
+                try:
+                    self._flow(index)
+                except Exception as error:  # a bug in a flow must show in the report, not kill a worker
+                    self._fail(index, "flow", f"{type(error).__name__}: {error}")
+                finally:
+                    self._slots.release()
+        finally:
+            self.client.close()
+
+    def _fail(self, index: int, step: str, observed: str) -> None:
+        with self._lock:
+            self.failures.append(f"flow {index} {step}: {observed}")
+
+    def _call(self, operation: str, send: Callable[[], Answer], deadline: float) -> tuple[Answer, int]:
+        """Send, retrying what a client may retry (same body, same key) until ``deadline``."""
+        attempts = 0
+        while True:
+            at = time.monotonic()
+            answer = send()
+            attempts += 1
+            with self._lock:
+                code = str(answer.body.get("code") or answer.body.get("message") or "")
+                self.samples.append(Sample(at, operation, answer.status, answer.seconds, code))
+            retryable = answer.status in RETRYABLE or answer.status == CONNECTION_ERROR
+            if not retryable or time.monotonic() >= deadline:
+                return answer, attempts
+            # Exponential backoff with full jitter (as the AWS SDKs retry throttles): retries
+            # of many clients must not arrive together and keep the function saturated.
+            time.sleep(JITTER.uniform(0, min(4.0, 0.2 * 2 ** attempts)))
+
+    def _look_up(self, merchant: str, payment_id: str, deadline: float) -> Answer:
+        """The payment as the API has it: the truth after a transition whose outcome was unknown."""
+        answer, _ = self._call("lookup", lambda: self.client.get_json(
+            f"/api/payments/{payment_id}?merchantId={merchant}"), deadline)
+        if answer.ok:
+            self.client.ledger.transitioned(payment_id, answer)
+            with self._lock:
+                self.resolved_by_lookup += 1
+        return answer
+
+    def _flow(self, index: int) -> None:
+        merchant = self.merchants[index % len(self.merchants)]
+        key = f"outage-{self.run_id}-{index}"
+        amount = 1000 + (index * 37) % 9000
+        deadline = time.monotonic() + self.retry_seconds
+        answer, _ = self._call("authorize", lambda: self.client.authorize(merchant, key, amount), deadline)
+        if answer.status != 200:
+            self._fail(index, "authorize", f"HTTP {answer.status} {answer.body}")
+            return
+        payment_id = str(answer.body["paymentId"])
+        steps: tuple[tuple[str, str, Callable[[], Answer]], ...] = (
+            ("capture", "COMPLETED", lambda: self.client.capture(merchant, payment_id)),
+            ("refund", "REFUNDED", lambda: self.client.refund(merchant, payment_id, "broker outage drill")),
+        )
+        for operation, expected, send in steps:
+            answer, attempts = self._call(operation, send, deadline)
+            if answer.status == 409 and attempts > 1:
+                answer = self._look_up(merchant, payment_id, deadline)
+            if answer.status != 200 or answer.body.get("status") != expected:
+                self._fail(index, operation, f"HTTP {answer.status} {answer.body}")
+                return
+        with self._lock:
+            self.completed += 1
+
+
+def describe(samples: Sequence[Sample]) -> str:
+    """Count, statuses and latency of some answers, for a report line."""
+    if not samples:
+        return "no requests"
+    ordered = sorted(s.seconds for s in samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    statuses = Counter(f"{s.operation} {s.status}" for s in samples)
+    return (f"{len(samples)} requests, statuses {dict(sorted(statuses.items()))},"
+            f" latency p50/p95/max {at(0.5):.0f}/{at(0.95):.0f}/{ordered[-1] * 1000:.0f} ms")
+
+
+def timeline(samples: Sequence[Sample], origin: float, bucket: float = 5.0) -> str:
+    """Answers per ``bucket`` seconds since ``origin`` (non-2xx counted apart, slowest shown): shows
+    WHEN in an outage something went wrong, which a total cannot."""
+    buckets: dict[int, list[Sample]] = {}
+    for sample in samples:
+        buckets.setdefault(int((sample.at - origin) // bucket), []).append(sample)
+    parts = []
+    for number in sorted(buckets):
+        group = buckets[number]
+        bad = Counter(s.status for s in group if not s.ok)
+        parts.append(f"{number * bucket:g}-{(number + 1) * bucket:g}s: {len(group) - sum(bad.values())} ok"
+                     + "".join(f" {n}×{status}" for status, n in sorted(bad.items()))
+                     + f" max {max(s.seconds for s in group):.1f}s")
+    return "; ".join(parts)
+
+
+def warm_parallel(rate: float) -> int:
+    """Warm execution environments each ingest function needs when the outage begins.
+
+    Until the breaker opens, every request waits on the dead broker for the publish
+    timeout, so each function (one call per flow) holds about ``rate`` ×
+    ``OUTAGE_REQUEST_SECONDS`` environments at once. Lambda would add them in about a
+    second; a cold start on a busy shared machine takes several (up to the 10 s init
+    limit), and what the drill is about is the outbox, not the emulator's scaling:
+    so they exist, warm, before the broker stops (provisioned concurrency, in spirit).
+    """
+    return max(4, math.ceil(rate * OUTAGE_REQUEST_SECONDS))
+
+
+def warm_flows(drill: Drill, merchants: Sequence[str]) -> None:
+    """Run :func:`warm_parallel` flows at the same moment, so that as many environments of
+    authorize, capture and refund are started, and warm, before the load begins."""
+    parallel = warm_parallel(drill.config.drill_flow_rate)
+    warm = FlowLoad(drill.client, merchants, rate=parallel, workers=parallel,
+                    retry_seconds=drill.config.drill_health_timeout_seconds)
+    started = time.monotonic()
+    warm.burst(parallel)
+    answers = warm.answers()
+    drill.report.check("warm-up", f"{parallel} authorize→capture→refund flows at once (warm environments"
+                       " for the outage's first seconds) complete",
+                       warm.completed == parallel and not warm.failures,
+                       f"{warm.completed}/{parallel} flows in {time.monotonic() - started:.1f} s"
+                       f" {warm.failures[:2]}; {describe(answers)}")
+
+
+def outbox_backlog(drill: Drill, merchants: Sequence[str], up_to_id: int | None = None) -> tuple[int, int]:
+    """(unpublished outbox rows of these merchants [with id ≤ ``up_to_id``], their highest outbox id)."""
+    connection = connect(drill.target.settings)
+    try:
+        marks, params = in_list(merchants)
+        with connection.cursor() as cursor:
+            cursor.execute(expand_in(
+                "SELECT COALESCE(SUM(o.published_at IS NULL AND o.id <= %s), 0) AS waiting,"
+                " COALESCE(MAX(o.id), 0) AS last FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
+                " WHERE p.merchant_id IN ($)", marks), (up_to_id if up_to_id is not None else 2**62, *params))
+            row = cursor.fetchone()
+            return int(row["waiting"]), int(row["last"])
+    finally:
+        connection.close()
+
+
+#: Each count issue #5 names: SQL over the run's merchants (``IN ($)``) and its extra parameters.
+COUNT_QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "payments": ("SELECT COUNT(*) AS n FROM payment p WHERE p.merchant_id IN ($)", ()),
+    "refunded payments": ("SELECT COUNT(*) AS n FROM payment p WHERE p.merchant_id IN ($)"
+                          " AND p.status = 'REFUNDED'", ()),
+    **{f"{transition} entries": (
+        "SELECT COUNT(*) AS n FROM ledger_entry l JOIN payment p ON p.id = l.payment_id"
+        " WHERE p.merchant_id IN ($) AND l.transition = %s", (transition,))
+       for transition in ("CAPTURE", "REFUND")},
+    "outbox rows": ("SELECT COUNT(*) AS n FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
+                    " WHERE p.merchant_id IN ($)", ()),
+    "distinct eventIds": ("SELECT COUNT(DISTINCT o.event_id) AS n FROM outbox_event o"
+                          " JOIN payment p ON p.id = o.aggregate_id WHERE p.merchant_id IN ($)", ()),
+    "published rows": ("SELECT COUNT(*) AS n FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
+                       " WHERE p.merchant_id IN ($) AND o.published_at IS NOT NULL", ()),
+    **{f"{event_type} rows": (
+        "SELECT COUNT(*) AS n FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
+        " WHERE p.merchant_id IN ($) AND o.event_type = %s", (event_type,)) for event_type in EVENT_TYPES},
+    **{f"{consumer} applied": (
+        "SELECT COUNT(*) AS n FROM processed_event pe JOIN outbox_event o ON o.event_id = pe.event_id"
+        " JOIN payment p ON p.id = o.aggregate_id WHERE p.merchant_id IN ($) AND pe.consumer = %s",
+        (consumer,)) for consumer in (BALANCE_CONSUMER, LEDGER_CONSUMER)},
+}
+TOTALS_QUERY = ("SELECT COALESCE(SUM(authorized_total), 0) AS authorized_total,"
+                " COALESCE(SUM(captured_total), 0) AS captured_total,"
+                " COALESCE(SUM(refunded_total), 0) AS refunded_total"
+                " FROM merchant_balance WHERE merchant_id IN ($)")
+
+
+def exact_counts(drill: Drill, merchants: Sequence[str]) -> dict[str, int]:
+    """Every count issue #5 names, straight from the database, for the run's merchants."""
+    connection = connect(drill.target.settings)
+    try:
+        marks, params = in_list(merchants)
+        counts: dict[str, int] = {}
+        with connection.cursor() as cursor:
+            for name, (query, extra) in COUNT_QUERIES.items():
+                cursor.execute(expand_in(query, marks), (*params, *extra))
+                counts[name] = int(cursor.fetchone()["n"])
+            cursor.execute(expand_in(TOTALS_QUERY, marks), params)
+            counts.update({name: int(value) for name, value in cursor.fetchone().items()})
+        return counts
+    finally:
+        connection.close()
+
+
+def expected_counts(drill: Drill) -> dict[str, int]:
+    """What the clients' 2xx answers imply, from the last status each payment was reported in
+    (a flow is one REFUNDED payment: a CAPTURE and a REFUND entry, three events, applied by
+    the projection three times and by the ledger consumer twice)."""
+    payments = list(drill.client.ledger.payments.values())
+    want: Counter[str] = Counter(payments=len(payments))
+    for payment in payments:
+        want["refunded payments"] += payment.status == "REFUNDED"
+        for transition in TRANSITIONS_BY_STATUS[payment.status]:
+            want[f"{transition} entries"] += 1
+        for event_type in EVENTS_BY_STATUS[payment.status]:
+            want[f"{event_type} rows"] += 1
+            want[f"{BALANCE_CONSUMER} applied"] += 1
+            want[f"{LEDGER_CONSUMER} applied"] += event_type in LEDGER_CONSUMED
+        want["authorized_total"] += payment.amount
+        want["captured_total"] += payment.amount if payment.status in ("COMPLETED", "REFUNDED") else 0
+        want["refunded_total"] += payment.amount if payment.status == "REFUNDED" else 0
+    events = sum(want[f"{event_type} rows"] for event_type in EVENT_TYPES)
+    want.update({"outbox rows": events, "distinct eventIds": events, "published rows": events})
+    return {name: want[name] for name in (*COUNT_QUERIES, "authorized_total", "captured_total",
+                                          "refunded_total")}
+
+
+def consumer_groups(drill: Drill) -> dict[str, tuple[str, ...]]:
+    """The consumer groups of the template's Kafka event sources and the topics they read."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for source in kafka_sources(drill.target.supervisor.template, drill.target.settings.kafka_bootstrap):
+        if source.enabled:
+            groups[source.group_id] = tuple(sorted({*groups.get(source.group_id, ()), *source.topics}))
+    return groups
+
+
+def _after(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
+
+
+def drill_broker_outage(drill: Drill) -> None:
+    """Broker stopped for ``drill_broker_outage_seconds`` under steady flows; exact counts after."""
+    report, client, config, target = drill.report, drill.client, drill.config, drill.target
+    outage, steady = config.drill_broker_outage_seconds, config.drill_steady_seconds
+    open_drill(drill)
+    merchants = [f"{drill.merchant}-{number:03d}" for number in range(config.drill_flow_merchants)]
+    warm_flows(drill, merchants)
+    state = breaker_state(drill)
+    report.check("initial state", "kafka-publisher breaker is CLOSED", state == CLOSED, state)
+
+    load = FlowLoad(client, merchants, config.drill_flow_rate,
+                    retry_seconds=max(30.0, 1.5 * config.drill_request_timeout_seconds))
+    drill.cleanups.append(("stop the flow load", load.stop))
+    load_started = time.monotonic()
+    load.start()
+    time.sleep(steady)
+    before = load.answers(load_started, time.monotonic())
+    report.check("steady flows before the outage",
+                 f"{config.drill_flow_rate:g} authorize→capture→refund flows/s over {len(merchants)}"
+                 " merchants; every answer 2xx",
+                 load.completed > 0 and all(s.ok for s in before),
+                 f"{load.completed} flows completed in {steady:g} s; {describe(before)}")
+
+    stopped_at = time.monotonic()
+    clean = target.stop("kafka")
+    drill.cleanups.append(("start the broker again", lambda: target.start("kafka")))
+    kafka = target.component("kafka")
+    closed, _ = poll(lambda: not port_open(kafka.host, kafka.port), bool, 5)
+    report.check("broker stopped (supervisor, SIGTERM)", "kafka stopped cleanly and its port is closed",
+                 clean and closed, f"clean={clean}, port {kafka.port} closed={closed}; flows keep arriving")
+
+    seen: Counter[str] = Counter()
+    first_open: float | None = None
+    next_progress = stopped_at + PROGRESS_SECONDS
+    while (now := time.monotonic()) < stopped_at + outage:
+        state = breaker_state(drill)
+        seen[state] += 1
+        if state == OPEN and first_open is None:
+            first_open = now - stopped_at
+        if now >= next_progress:
+            next_progress += PROGRESS_SECONDS
+            waiting, _ = outbox_backlog(drill, merchants)
+            report.progress(f"broker down {now - stopped_at:.0f}/{outage:g} s: {load.completed} flows"
+                            f" completed, {load.in_flight} in flight, breaker {state},"
+                            f" {waiting} outbox rows waiting")
+        time.sleep(max(0.0, min(1.0, stopped_at + outage - time.monotonic())))
+    waiting, backlog_mark = outbox_backlog(drill, merchants)
+    report.check("breaker opened during the outage",
+                 "kafka-publisher seen OPEN (publishing refused at once, not waited on)", seen[OPEN] > 0,
+                 f"first OPEN {_after(first_open)} after the stop; states sampled each second {dict(seen)}")
+    report.check("outage events wait in the outbox", "outbox rows unpublished when the broker comes back",
+                 waiting > 0, f"{waiting} unpublished outbox rows after {outage:g} s without a broker")
+
+    restarting = time.monotonic()
+    started_state = target.start("kafka")
+    restarted_at = time.monotonic()
+    drill.cleanups.pop()
+    report.check("broker started again (supervisor)", "kafka started, healthy, topics provisioned",
+                 started_state in ("started", "running"),
+                 f"{started_state} in {restarted_at - restarting:.1f} s;"
+                 f" broker down {restarted_at - stopped_at:.1f} s")
+    during = load.answers(stopped_at, restarted_at)
+    arrived = load.arrived(stopped_at, restarted_at)
+    planned = config.drill_flow_rate * (restarted_at - stopped_at)
+    throttled = sum(s.throttled for s in during)
+    report.check("every request during the outage answered 2xx",
+                 "no 5xx, no timeout, no rate limit, no conflict (runtime throttles aside, retried with the"
+                 " same key); the flows kept arriving (≥ 90 % of the planned rate)",
+                 bool(during) and acceptable(during) and arrived >= 0.9 * planned,
+                 f"{arrived} flows arrived (planned {planned:.0f}); {describe(during)};"
+                 f" by time since the stop: {timeline(during, stopped_at)}")
+    report.info("runtime throttles during the outage",
+                f"{throttled} of {len(during)} answers were 429 {THROTTLE_MESSAGE!r} (no environment free"
+                " while requests waited on the dead broker before the breaker opened); each retried")
+
+    wait = config.drill_breaker_wait_seconds or drill.parameter(WAIT_PARAMETER)
+    bound = wait + drill.parameter(HALF_OPEN_PARAMETER) + config.drill_recovery_slack_seconds
+    drained_at: float | None = None
+    closed_at: float | None = None
+    next_progress = restarted_at + PROGRESS_SECONDS
+    while time.monotonic() < restarted_at + bound and (drained_at is None or closed_at is None):
+        now = time.monotonic()
+        left, _ = outbox_backlog(drill, merchants, backlog_mark)
+        state = breaker_state(drill)
+        if drained_at is None and left == 0:
+            drained_at = now - restarted_at
+        if closed_at is None and state == CLOSED:
+            closed_at = now - restarted_at
+        if now >= next_progress:
+            next_progress += PROGRESS_SECONDS
+            report.progress(f"recovering {now - restarted_at:.0f}/{bound:g} s: breaker {state},"
+                            f" {left}/{waiting} of the outage's outbox rows still waiting")
+        time.sleep(0.5)
+    report.check("breaker CLOSED again under load",
+                 f"within wait {wait:g} s + half-open wait + slack = {bound:g} s of the restart",
+                 closed_at is not None, f"CLOSED {_after(closed_at)} after the restart")
+    report.check("outage backlog published",
+                 f"the {waiting} outbox rows waiting at the restart are published within {bound:g} s",
+                 drained_at is not None, f"published {_after(drained_at)} after the restart")
+
+    time.sleep(steady)
+    finished = load.stop()
+    drill.cleanups.pop()
+    load_seconds = time.monotonic() - load_started
+    everything = load.answers()
+    report.check("every flow completed", "arrived = completed; none dropped, none failed; every answer 2xx"
+                 " (or a throttle, retried)",
+                 finished and not load.failures and not load.dropped
+                 and load.completed == len(load.arrivals)
+                 and acceptable(everything),
+                 f"{len(load.arrivals)} flows arrived in {load_seconds:.0f} s, {load.completed} completed,"
+                 f" {load.dropped} dropped, {len(load.failures)} failed {load.failures[:3]};"
+                 f" {load.resolved_by_lookup} resolved by a lookup;"
+                 f" after the restart {describe(load.answers(restarted_at))}")
+    report.info("whole load", describe(everything))
+
+    settle_started = time.monotonic()
+    finish(drill)
+    report.info("time to settle after the load stopped", f"{time.monotonic() - settle_started:.1f} s"
+                " (outbox drained, consumers caught up, Kafka read back, reconciliation asked)")
+    counts, want = exact_counts(drill, merchants), expected_counts(drill)
+    off = {name: (counts[name], want[name]) for name in want if counts[name] != want[name]}
+    entries = counts["CAPTURE entries"] + counts["REFUND entries"]
+    applied = f"{counts[f'{BALANCE_CONSUMER} applied']} + {counts[f'{LEDGER_CONSUMER} applied']}"
+    totals = "/".join(str(counts[name]) for name in ("authorized_total", "captured_total", "refunded_total"))
+    report.check("counts match exactly", "payments, ledger entries, outbox rows (one eventId each, all"
+                 " published), consumer applications and projection totals = what the 2xx answers imply",
+                 not off, f"off (database, expected): {off}" if off else
+                 f"{counts['payments']} payments, {entries} ledger entries, {counts['outbox rows']} events,"
+                 f" {applied} consumer applications, totals authorized/captured/refunded {totals}")
+
+    groups = consumer_groups(drill)
+    if not groups:
+        raise DrillFailed("the template has no enabled Kafka event source")
+    lag, took = poll(lambda: consumer_lag(target.settings.kafka_bootstrap, groups),
+                     lambda found: not any(found.values()), config.drill_drain_timeout_seconds, interval=1.0)
+    report.check("consumer lag 0", "every consumer group committed up to the end of its topics",
+                 not any(lag.values()), f"lag {lag} after {took:.1f} s")
+    report.info("numbers", f"{load.completed} flows under load ({len(everything)} requests;"
+                f" {counts['payments']} payments with the warm-up), {counts['outbox rows']} events,"
+                f" broker down {restarted_at - stopped_at:.1f} s, {waiting} outbox rows waited for it and"
+                f" were published {_after(drained_at)} after the restart")
