@@ -35,7 +35,7 @@ WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, never bound
 def build_gateway(template: Path, routes: Path, registry_url: str, config: GatewayConfig) -> Gateway:
     """Everything but the listening socket, so tests can build one in process."""
     directory = ServiceDirectory(
-        registry_url, config.gateway_refresh_interval, config.gateway_quarantine_seconds,
+        registry_url, config.gateway_refresh_interval, config.gateway_probe_interval,
         config.gateway_pool_size, config.gateway_connect_timeout,
     )
     return Gateway(load_routes(routes), ApiMap.from_template(load_template(template)), directory, config,
@@ -51,6 +51,9 @@ async def run(args: argparse.Namespace) -> None:
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's scans, so collections under load stay short (they show in p99).
     gc.freeze()
+    # Scrapes render on a thread (see Gateway): the loop thread waits at most this long
+    # for the GIL when it wakes during a render (CPython's default is 5 ms).
+    sys.setswitchinterval(0.001)
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"LISTENING http://{args.host}:{port}\n")
     sys.stdout.flush()

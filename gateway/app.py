@@ -10,6 +10,7 @@ sees the same thing locally as behind a real API Gateway.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import sys
 import time
@@ -20,17 +21,19 @@ import orjson
 
 from gateway.config import GatewayConfig
 from gateway.discovery import ServiceDirectory, Target
-from gateway.events import IncomingRequest, ProxyResultError, build_event, map_result, new_request_id
-from gateway.http import GatewayProtocol, OutgoingResponse, clean_headers
+from gateway.events import ProxyResultError, build_event, clean_headers, map_result, new_request_id
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.routing import ApiMap, ApiRoute, GatewayRoute, MethodNotAllowed
-from gateway.upstream import ConnectFailed, UpstreamError, UpstreamTimeout
+from gateway.routing import ApiMap, ApiRoute, Failure, GatewayRoute, MethodNotAllowed
+from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamError, UpstreamTimeout
+from infra.http_server import HttpProtocol, Request, Response
 from infra.template import load_template
 
 log = logging.getLogger("payfn.gateway")
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
 JSON = ("Content-Type", "application/json")
 _INVOKE_HEADERS = [("Content-Type", "application/json"), ("X-Amz-Invocation-Type", "RequestResponse")]
+#: ``kind`` label of the retry and error counters.
+_FAILURE_KIND = {Failure.CONNECT: "connect_failure", Failure.CONNECTION_LOST: "connection_lost"}
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -69,7 +72,7 @@ class AccessLog:
 
 @dataclass(slots=True)
 class _Outcome:
-    response: OutgoingResponse
+    response: Response
     route_id: str = ""
     route_uri: str = ""
     uri: str = "NOT_FOUND"
@@ -90,33 +93,36 @@ class Gateway:
         self.directory = directory
         self.config = config
         self.metrics = GatewayMetrics()
+        # Rendering the exposition takes tens of ms once the label sets have grown (every
+        # uri × method × status), and Prometheus scrapes every 5 s: on the event loop that
+        # would stall every request in flight, so it runs on one thread (scrapes serialised).
+        self._scrape = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrape")
         self.access_log = access_log if config.gateway_access_log else None
-        self.connections: set[GatewayProtocol] = set()
+        self.connections: set[HttpProtocol] = set()
 
-    def protocol(self) -> GatewayProtocol:
-        return GatewayProtocol(self.handle, self.too_large, self.config.gateway_max_body_bytes,
-                               self.connections)
+    def protocol(self) -> HttpProtocol:
+        return HttpProtocol(self.handle, self.connections, self.config.gateway_max_body_bytes, self.too_large)
 
-    def too_large(self, request: IncomingRequest) -> OutgoingResponse:
+    def too_large(self, request: Request) -> Response:
         limit = self.config.gateway_max_body_bytes
-        response = OutgoingResponse(
+        response = Response(
             413, error_body("PAYLOAD_TOO_LARGE", f"request body exceeds {limit} bytes"), [JSON])
         self._finish(request, _Outcome(response), time.perf_counter(), self._request_id(request))
         return response
 
     @staticmethod
-    def _request_id(request: IncomingRequest) -> str:
+    def _request_id(request: Request) -> str:
         return request.header("x-request-id") or new_request_id()
 
-    async def handle(self, request: IncomingRequest) -> OutgoingResponse:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         request_id = self._request_id(request)
         self._add_forwarding_headers(request, request_id)
         outcome = await self._route(request, request_id)
         return self._finish(request, outcome, started, request_id)
 
-    def _finish(self, request: IncomingRequest, outcome: _Outcome, started: float,
-                request_id: str) -> OutgoingResponse:
+    def _finish(self, request: Request, outcome: _Outcome, started: float,
+                request_id: str) -> Response:
         response = outcome.response
         if not any(name.lower() == "x-request-id" for name, _ in response.headers):
             response.headers.append(("X-Request-Id", request_id))
@@ -132,7 +138,7 @@ class Gateway:
         return response
 
     @staticmethod
-    def _add_forwarding_headers(request: IncomingRequest, request_id: str) -> None:
+    def _add_forwarding_headers(request: Request, request_id: str) -> None:
         """The headers API Gateway adds before the function sees the request, plus the request id."""
         forwarded_for = request.header("x-forwarded-for")
         if forwarded_for:
@@ -146,13 +152,13 @@ class Gateway:
         if not request.header("x-request-id"):
             request.add_header("X-Request-Id", request_id)
 
-    async def _route(self, request: IncomingRequest, request_id: str) -> _Outcome:
+    async def _route(self, request: Request, request_id: str) -> _Outcome:
         path = request.path
         if path.startswith("/actuator/"):
-            return self._actuator(request)
+            return await self._actuator(request)
         route = next((r for r in self.routes if r.matches(request.method, path)), None)
         if route is None or route.service is None:
-            return _Outcome(OutgoingResponse(
+            return _Outcome(Response(
                 404, error_body("NOT_FOUND", f"No route for {request.method} {path}"), [JSON]))
         service = route.service
         stripped = route.rewrite(path)
@@ -162,20 +168,20 @@ class Gateway:
             api_route = self.api_map.any_route(service, stripped)
             if api_route is not None and api_route.api.cors is not None:
                 headers = api_route.api.cors.preflight_headers(origin)
-                return _Outcome(OutgoingResponse(200, b"", [JSON, *headers]), route.id, route.uri,
+                return _Outcome(Response(200, b"", [JSON, *headers]), route.id, route.uri,
                                 prefix + api_route.resource)
         try:
             matched = self.api_map.match(service, request.method, stripped)
         except MethodNotAllowed:
-            return _Outcome(OutgoingResponse(
+            return _Outcome(Response(
                 405, error_body("METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {stripped}"),
                 [JSON]), route.id, route.uri)
         if matched is None:
-            return _Outcome(OutgoingResponse(
+            return _Outcome(Response(
                 404, error_body("NOT_FOUND", f"No function for {request.method} {stripped}"), [JSON]),
                 route.id, route.uri)
         api_route, params = matched
-        outcome = await self._invoke(request, service, api_route, stripped, params, request_id)
+        outcome = await self._invoke(request, service, route, api_route, stripped, params, request_id)
         outcome.route_id, outcome.route_uri, outcome.uri = route.id, route.uri, prefix + api_route.resource
         cors = api_route.api.cors
         if cors is not None and origin and not any(
@@ -183,39 +189,74 @@ class Gateway:
             outcome.response.headers.extend(cors.response_headers(origin))
         return outcome
 
-    async def _invoke(self, request: IncomingRequest, service: str, route: ApiRoute, path: str,
-                      params: dict[str, str], request_id: str) -> _Outcome:
+    async def _invoke(self, request: Request, service: str, gateway_route: GatewayRoute,
+                      route: ApiRoute, path: str, params: dict[str, str], request_id: str) -> _Outcome:
+        """Invoke the function on an instance, re-sending as the route's :class:`RetryPolicy` allows.
+
+        A failed attempt's instance is quarantined (refused or dropped connection) and
+        the retry goes to another instance when there is one. Only failures before any
+        answer byte are ever retried: an answer that started, a 5xx and a timeout are not.
+        """
         host = request.header("host", "localhost")
         event = build_event(request, route, path, params, new_request_id(), time.time(), host)
         payload = orjson.dumps(event)
         timeout = min(route.timeout + 1.0, self.config.gateway_integration_timeout)
         target_path = INVOKE_PATH.format(route.function)
+        policy = gateway_route.retry
         tried: set[str] = set()
+        retry, wait = 0, 0.0
         while True:
             target = await self.directory.pick_or_refresh(service, tried)
             if target is None:
-                message = f"No instance of {service} is available" + (" (all refused)" if tried else "")
-                return _Outcome(OutgoingResponse(503, error_body("SERVICE_UNAVAILABLE", message), [JSON]))
+                message = f"No instance of {service} is available" + (" (all failed)" if tried else "")
+                return _Outcome(Response(503, error_body("SERVICE_UNAVAILABLE", message), [JSON]))
+            tried.add(target.instance_id)
             try:
                 answer = await target.pool.request("POST", target_path, payload, _INVOKE_HEADERS, timeout)
             except ConnectFailed as failure:
                 if failure.refused:
-                    self.directory.suspend(target)
-                self.metrics.retries.labels(service).inc()
-                tried.add(target.instance_id)
-                continue
+                    self.directory.suspend(target, "refused the connection")
+                kind, error = Failure.CONNECT, failure
+            except ConnectionLost as lost:
+                self.directory.suspend(target, "dropped a connection it had a request on")
+                if lost.answer_started:
+                    log.warning("request %s to %s failed during the answer: %s", request_id,
+                                target.instance_id, lost)
+                    self.metrics.upstream_errors.labels(service, "connection").inc()
+                    return self._aws_error(502, "Internal server error", target)
+                kind, error = Failure.CONNECTION_LOST, lost
             except UpstreamTimeout:
                 self.metrics.upstream_errors.labels(service, "timeout").inc()
                 return self._aws_error(504, "Endpoint request timed out", target)
             except UpstreamError as exc:
-                log.warning("request %s to %s failed after sending: %s", request_id, target.instance_id, exc)
-                self.metrics.upstream_errors.labels(service, "connection").inc()
+                log.warning("request %s to %s failed: %s", request_id, target.instance_id, exc)
+                self.metrics.upstream_errors.labels(service, "malformed_answer").inc()
                 return self._aws_error(502, "Internal server error", target)
-            return self._answer(service, route, target, answer.status, answer.headers, answer.body,
-                                request_id)
+            else:
+                return self._answer(service, route, target, answer.status, answer.headers, answer.body,
+                                    request_id)
+            if retry >= policy.retries or not policy.retries_after(kind, request.method):
+                return self._not_retried(service, kind, error, request, target, request_id)
+            retry += 1
+            self.metrics.retries.labels(service, _FAILURE_KIND[kind]).inc()
+            wait = policy.backoff(retry, wait)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def _not_retried(self, service: str, kind: Failure, error: UpstreamError, request: Request,
+                     target: Target, request_id: str) -> _Outcome:
+        """The answer when a failure is not (or no longer) retried: 503 if nothing was sent, else 502."""
+        log.warning("request %s (%s %s) to %s failed, not retried: %s", request_id, request.method,
+                    request.path, target.instance_id, error)
+        self.metrics.upstream_errors.labels(service, _FAILURE_KIND[kind]).inc()
+        if kind is Failure.CONNECT:
+            return _Outcome(Response(503, error_body(
+                "SERVICE_UNAVAILABLE", f"No instance of {service} accepted the connection"), [JSON]),
+                target=f"{target.host}:{target.port}")
+        return self._aws_error(502, "Internal server error", target)
 
     def _aws_error(self, status: int, message: str, target: Target) -> _Outcome:
-        return _Outcome(OutgoingResponse(status, _aws_message(message), [JSON]),
+        return _Outcome(Response(status, _aws_message(message), [JSON]),
                         target=f"{target.host}:{target.port}")
 
     def _answer(self, service: str, route: ApiRoute, target: Target, status: int, headers: dict[str, str],
@@ -243,12 +284,12 @@ class Gateway:
                         route.function, exc)
             self.metrics.upstream_errors.labels(service, "malformed_result").inc()
             return self._aws_error(502, "Internal server error", target)
-        return _Outcome(OutgoingResponse(mapped.status, mapped.body, clean_headers(mapped.headers)),
+        return _Outcome(Response(mapped.status, mapped.body, clean_headers(mapped.headers)),
                         target=f"{target.host}:{target.port}")
 
-    def _actuator(self, request: IncomingRequest) -> _Outcome:
+    async def _actuator(self, request: Request) -> _Outcome:
         if request.method not in ("GET", "HEAD"):
-            return _Outcome(OutgoingResponse(405, error_body("METHOD_NOT_ALLOWED", "use GET"), [JSON]))
+            return _Outcome(Response(405, error_body("METHOD_NOT_ALLOWED", "use GET"), [JSON]))
         if request.path == "/actuator/health":
             reachable = self.directory.registry_reachable
             body = {
@@ -257,16 +298,17 @@ class Gateway:
                     "registry": {
                         "status": "UP" if reachable else "DOWN",
                         "details": {"lastError": self.directory.last_error,
-                                    "services": self.directory.snapshot()},
+                                    "services": self.directory.snapshot(),
+                                    "quarantined": self.directory.quarantined()},
                     },
                     "routes": {"status": "UP", "details": {r.id: r.uri for r in self.routes}},
                 },
             }
-            return _Outcome(OutgoingResponse(200, orjson.dumps(body), [JSON]), uri="/actuator/health")
+            return _Outcome(Response(200, orjson.dumps(body), [JSON]), uri="/actuator/health")
         if request.path == "/actuator/prometheus":
-            return _Outcome(OutgoingResponse(200, self.metrics.render(), [("Content-Type", CONTENT_TYPE)]),
-                            uri="/actuator/prometheus")
-        return _Outcome(OutgoingResponse(
+            text = await asyncio.get_running_loop().run_in_executor(self._scrape, self.metrics.render)
+            return _Outcome(Response(200, text, [("Content-Type", CONTENT_TYPE)]), uri="/actuator/prometheus")
+        return _Outcome(Response(
             404, error_body("NOT_FOUND", f"No route for {request.path}"), [JSON]))
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
@@ -304,5 +346,6 @@ class Gateway:
             if connection.transport is not None:
                 connection.transport.close()
         await self.directory.stop()
+        self._scrape.shutdown(wait=False, cancel_futures=True)
         if self.access_log is not None:
             self.access_log.flush()

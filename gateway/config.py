@@ -15,11 +15,14 @@ class GatewayConfig:
     Content-Length alone). ``gateway_integration_timeout`` caps the wait for a
     function as API Gateway's 29 s integration timeout does; the function's own
     Timeout (plus a second for the host) applies when shorter.
+    ``gateway_probe_interval``: how often a quarantined instance (refused or dropped a
+    connection) is probed with a TCP connect; it stays out of rotation until a probe
+    succeeds or the registry drops it (see ``gateway.discovery``).
     """
 
     gateway_max_body_bytes: int = 1024 * 1024
     gateway_refresh_interval: float = 2.0
-    gateway_quarantine_seconds: float = 15.0
+    gateway_probe_interval: float = 1.0
     gateway_pool_size: int = 64
     gateway_connect_timeout: float = 1.0
     gateway_integration_timeout: float = 29.0
@@ -31,8 +34,8 @@ class GatewayConfig:
         if self.gateway_max_body_bytes < 1:
             raise ConfigError("PAYFN_GATEWAY_MAX_BODY_BYTES must be ≥ 1")
         for name in ("gateway_refresh_interval", "gateway_connect_timeout", "gateway_integration_timeout",
-                     "gateway_renew_seconds"):
+                     "gateway_renew_seconds", "gateway_probe_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PAYFN_{name.upper()} must be > 0")
-        if self.gateway_quarantine_seconds < 0 or self.gateway_pool_size < 1:
-            raise ConfigError("PAYFN_GATEWAY_QUARANTINE_SECONDS must be ≥ 0 and _POOL_SIZE ≥ 1")
+        if self.gateway_pool_size < 1:
+            raise ConfigError("PAYFN_GATEWAY_POOL_SIZE must be ≥ 1")

@@ -2,10 +2,16 @@
 
 The copy is refreshed in the background every ``refresh_interval`` seconds (the
 request path never waits on the registry, except once when a service has no
-instance at all, in case one has just registered). An instance that refuses a
-connection is quarantined locally for ``quarantine`` seconds: the registry still
-lists it until its lease expires (up to 90 s), and the gateway must not keep
-sending every n-th request to a dead port meanwhile.
+instance at all, in case one has just registered).
+
+An instance that refuses a connection, or drops one before answering (a SIGKILLed
+host), is quarantined locally: the registry still lists it until its lease expires
+(up to 90 s), and the gateway must not keep sending every n-th request to a dead
+port meanwhile. The quarantine lasts until the registry drops the instance, or until
+a TCP connect to it succeeds again (probed every ``probe_interval`` seconds in the
+background, never on a request): a live instance whose connection was lost for
+another reason is back within a probe, which matters when it is the only one.
+A connect *timeout* never quarantines (an overloaded host is alive).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class Target:
 class ServiceDirectory:
     """The registry as the gateway sees it; one per gateway process, used on its event loop."""
 
-    def __init__(self, registry_url: str, refresh_interval: float = 2.0, quarantine: float = 15.0,
+    def __init__(self, registry_url: str, refresh_interval: float = 2.0, probe_interval: float = 1.0,
                  pool_size: int = 64, connect_timeout: float = 1.0) -> None:
         base = registry_url.rstrip("/")
         self._registry_path = ("" if base.endswith("/eureka") else "/eureka") + "/apps"
@@ -46,13 +52,13 @@ class ServiceDirectory:
         self._registry = UpstreamPool(host or host_port, int(port or 80), max_idle=2,
                                       connect_timeout=connect_timeout)
         self.refresh_interval = refresh_interval
-        self.quarantine = quarantine
+        self.probe_interval = probe_interval
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self._targets: dict[str, list[Target]] = {}
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
         self._cursor: dict[str, int] = {}
-        self._quarantined: dict[str, float] = {}
+        self._quarantined: dict[str, asyncio.Task[None]] = {}
         self._refreshing: asyncio.Future[bool] | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_success = 0.0
@@ -81,6 +87,10 @@ class ServiceDirectory:
         for key in [k for k in self._pools if k not in live]:
             self._pools.pop(key).close()
         self._targets = targets
+        listed = {t.instance_id for app_targets in targets.values() for t in app_targets}
+        for instance_id in [i for i in self._quarantined if i not in listed]:
+            log.info("quarantined instance %s left the registry", instance_id)
+            self._quarantined.pop(instance_id).cancel()
 
     async def refresh(self) -> bool:
         """Fetch the registry once; concurrent callers share the same fetch."""
@@ -119,42 +129,62 @@ class ServiceDirectory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._registry.close()
+        for probe in self._quarantined.values():
+            probe.cancel()
+        self._quarantined.clear()
         for pool in self._pools.values():
             pool.close()
 
-    def suspend(self, target: Target) -> None:
-        """Take an instance out of this gateway's rotation after a refused connection."""
-        log.warning("instance %s at %s:%s refused the connection; out of rotation for %.0f s",
-                    target.instance_id, target.host, target.port, self.quarantine)
-        self._quarantined[target.instance_id] = time.monotonic() + self.quarantine
+    def suspend(self, target: Target, reason: str) -> None:
+        """Take an instance out of this gateway's rotation until it is gone or answers a connect."""
+        if target.instance_id in self._quarantined:
+            return
+        log.warning("instance %s at %s:%s %s; out of rotation until the registry drops it or it accepts "
+                    "connections again", target.instance_id, target.host, target.port, reason)
+        self._quarantined[target.instance_id] = asyncio.get_running_loop().create_task(self._probe(target))
 
-    def pick(self, app: str, exclude: set[str]) -> Target | None:
-        """Next UP instance of ``app`` in round-robin order, skipping quarantined and excluded ones."""
+    async def _probe(self, target: Target) -> None:
+        """Lift the quarantine once the instance accepts a TCP connection (cancelled if it leaves)."""
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            if await target.pool.probe():
+                break
+        log.info("instance %s at %s:%s accepts connections again; back in rotation",
+                 target.instance_id, target.host, target.port)
+        self._quarantined.pop(target.instance_id, None)
+
+    def quarantined(self) -> list[str]:
+        return sorted(self._quarantined)
+
+    def pick(self, app: str, avoid: set[str]) -> Target | None:
+        """Next usable instance of ``app`` in round-robin order, never a quarantined one.
+
+        Instances in ``avoid`` (already tried for this request) are taken only when no
+        other is usable, so a retry goes to another instance whenever there is one.
+        """
         targets = self._targets.get(app)
         if not targets:
             return None
-        now = time.monotonic()
         start = self._cursor.get(app, 0)
         count = len(targets)
+        fallback = None
         for step in range(count):
             target = targets[(start + step) % count]
-            if target.instance_id in exclude:
+            if target.instance_id in self._quarantined:
                 continue
-            until = self._quarantined.get(target.instance_id)
-            if until is not None:
-                if until > now:
-                    continue
-                del self._quarantined[target.instance_id]
+            if target.instance_id in avoid:
+                fallback = fallback or target
+                continue
             self._cursor[app] = (start + step + 1) % count
             return target
-        return None
+        return fallback
 
-    async def pick_or_refresh(self, app: str, exclude: set[str]) -> Target | None:
+    async def pick_or_refresh(self, app: str, avoid: set[str]) -> Target | None:
         """Like :meth:`pick`, but a service with no usable instance triggers one prompt refresh."""
-        target = self.pick(app, exclude)
+        target = self.pick(app, avoid)
         if target is None and time.monotonic() - self.last_attempt > 0.5:
             await self.refresh()
-            target = self.pick(app, exclude)
+            target = self.pick(app, avoid)
         return target
 
     def snapshot(self) -> dict[str, list[str]]:

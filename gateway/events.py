@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
@@ -24,6 +24,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from gateway.routing import ApiRoute
+from infra.http_server import Request
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -36,42 +37,13 @@ class ProxyResultError(ValueError):
     """The function's answer is not a valid proxy result (API Gateway answers 502)."""
 
 
-@dataclass(slots=True)
-class IncomingRequest:
-    """What the gateway received, headers in arrival order with their original case.
+_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
-    ``by_name`` indexes the first value of each header by lower-case name: the
-    pipeline looks headers up about ten times per request.
-    """
 
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    source_ip: str
-    protocol: str = "HTTP/1.1"
-    server_port: int = 0
-    by_name: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, value in self.headers:
-            self.by_name.setdefault(name.lower(), value)
-
-    def header(self, name: str, default: str = "") -> str:
-        """First value of a header; ``name`` must be lower case."""
-        return self.by_name.get(name, default)
-
-    def add_header(self, name: str, value: str) -> None:
-        self.headers.append((name, value))
-        self.by_name.setdefault(name.lower(), value)
-
-    def replace_header(self, name: str, value: str) -> None:
-        """Drop every value of ``name`` and set this one."""
-        lowered = name.lower()
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != lowered]
-        self.headers.append((name, value))
-        self.by_name[lowered] = value
+def clean_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop framing headers a function may return (the gateway frames the response itself) and any
+    value with a line break (it would split the response)."""
+    return [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP and "\n" not in v and "\r" not in v]
 
 
 @lru_cache(maxsize=256)
@@ -150,7 +122,7 @@ def _request_time(now: float) -> str:
     return _request_time_at(int(now))
 
 
-def build_v1_event(request: IncomingRequest, route: ApiRoute, path: str, path_params: Mapping[str, str],
+def build_v1_event(request: Request, route: ApiRoute, path: str, path_params: Mapping[str, str],
                    request_id: str, now: float, host: str) -> dict[str, Any]:
     """REST API proxy event (payload format 1.0)."""
     headers: dict[str, str] = {}
@@ -212,7 +184,7 @@ def build_v1_event(request: IncomingRequest, route: ApiRoute, path: str, path_pa
     }
 
 
-def build_v2_event(request: IncomingRequest, route: ApiRoute, path: str, path_params: Mapping[str, str],
+def build_v2_event(request: Request, route: ApiRoute, path: str, path_params: Mapping[str, str],
                    request_id: str, now: float, host: str) -> dict[str, Any]:
     """HTTP API proxy event (payload format 2.0)."""
     headers: dict[str, str] = {}
@@ -265,7 +237,7 @@ def build_v2_event(request: IncomingRequest, route: ApiRoute, path: str, path_pa
     return event
 
 
-def build_event(request: IncomingRequest, route: ApiRoute, path: str, path_params: Mapping[str, str],
+def build_event(request: Request, route: ApiRoute, path: str, path_params: Mapping[str, str],
                 request_id: str, now: float, host: str) -> dict[str, Any]:
     """The event for the route's payload format (``Api`` → 1.0, ``HttpApi`` → 2.0)."""
     builder = build_v1_event if route.event_type == "Api" else build_v2_event

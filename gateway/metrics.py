@@ -48,8 +48,9 @@ class GatewayMetrics:
         )
         self._total = Counter("gateway_requests", "Requests by route and status",
                               ["routeId", "status"], registry=self.registry)
-        self.retries = Counter("gateway_upstream_retries", "Requests re-sent to another instance "
-                               "after a refused connection", ["service"], registry=self.registry)
+        self.retries = Counter("gateway_upstream_retries", "Requests re-sent (route Retry policy) after "
+                               "a connect failure or a connection lost before the answer",
+                               ["service", "kind"], registry=self.registry)
         self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures by kind",
                                        ["service", "kind"], registry=self.registry)
         self._children: dict[tuple[str, ...], tuple[object, object, object]] = {}

@@ -4,10 +4,12 @@ The gateway's cost per request is dominated by its upstream call, so this client
 does only what that call needs: one request at a time per connection, idle
 connections reused (a new TCP connection per request would cost more than the
 function), httptools to parse responses, and a timer handle instead of
-``asyncio.wait_for`` for the deadline. It tells apart the two failures the gateway
+``asyncio.wait_for`` for the deadline. It tells apart the failures the gateway
 must treat differently: :class:`ConnectFailed` (the request never left, so another
-instance may be tried) and :class:`UpstreamError` (it may have reached a function,
-so it is never retried).
+instance may always be tried), :class:`ConnectionLost` (the instance went away under
+the request: before any byte of an answer the function may have run, so only a route
+whose operation is idempotent may re-send it; after, it did run) and any other
+:class:`UpstreamError` (malformed answer, deadline passed: never re-sent).
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ class ConnectFailed(UpstreamError):
         self.refused = refused
 
 
+class ConnectionLost(UpstreamError):
+    """The connection ended (reset, EOF) after the request was written, before the answer was complete.
+
+    What a SIGKILLed instance does to the requests it was running. With
+    ``answer_started`` false no byte of an answer had arrived and whether the function
+    ran is unknown, which is why re-sending is a per-route decision (``Retry`` filter
+    in ``routes.yaml``), never a default; with it true the function certainly ran.
+    """
+
+    def __init__(self, message: str, answer_started: bool) -> None:
+        super().__init__(message)
+        self.answer_started = answer_started
+
+
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """No complete answer within the deadline."""
 
@@ -57,6 +73,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[UpstreamResponse] | None = None
         self.closed = False
+        self.received = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
 
@@ -68,9 +85,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(UpstreamError(f"connection to {self.pool.address} lost: {exc}"))
+            when = "during the answer" if self.received else "before any answer"
+            self.waiter.set_exception(
+                ConnectionLost(f"connection to {self.pool.address} lost {when}: {exc}", self.received))
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -111,9 +131,10 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
         self.waiter = waiter
+        self.received = False
         transport = self.transport
         if transport is None or self.closed:
-            raise UpstreamError(f"connection to {self.pool.address} already closed")
+            raise ConnectionLost(f"connection to {self.pool.address} already closed", answer_started=False)
         transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             transport.write(body)
@@ -156,6 +177,17 @@ class UpstreamPool:
             refused = not isinstance(exc, TimeoutError)
             raise ConnectFailed(f"cannot connect to {self.address}: {exc!r}", refused) from exc
         return protocol
+
+    async def probe(self) -> bool:
+        """Whether a TCP connection opens now (the cheapest proof that an instance is back)."""
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(asyncio.Protocol, self.host, self.port), self.connect_timeout)
+        except (OSError, TimeoutError):
+            return False
+        transport.close()
+        return True
 
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: list[tuple[str, str]] | None = None,

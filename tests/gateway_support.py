@@ -8,8 +8,11 @@ check both the event the gateway built and the response it mapped back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +78,15 @@ Resources:
         Files:
           Type: Api
           Properties: {RestApiId: !Ref PayfnApi, Path: "/payments/files/{proxy+}", Method: ANY}
+  CaptureFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.handler
+      Tags: {payfn:service: INGEST-SERVICE}
+      Events:
+        Capture:
+          Type: Api
+          Properties: {RestApiId: !Ref PayfnApi, Path: "/payments/capture/{paymentId}", Method: POST}
   BreakerFunction:
     Type: AWS::Serverless::Function
     Properties:
@@ -174,6 +186,54 @@ class _StubHandler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps(result).encode())
 
 
+class DroppingHost:
+    """A function host that dies under its requests: it reads each request, then drops the connection.
+
+    ``partial`` sends the start of an answer first (status line, headers, a byte of
+    body) so the gateway sees a connection lost *during* the answer. It keeps
+    accepting connections, like a live host whose connection broke.
+    """
+
+    def __init__(self, name: str, partial: bool = False) -> None:
+        self.name = name
+        self.partial = partial
+        self.requests: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if not data:
+                    continue  # the gateway's probe: a connect, then nothing
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), b"0"))
+                while len(body) < length:
+                    body += connection.recv(65536)
+                self.requests.append(head.split(b" ", 2)[1].decode())
+                if self.partial:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        self.listener.close()
+
+
 class GatewayThread:
     """A gateway serving on its own uvloop loop in a thread, on a free port."""
 
@@ -182,7 +242,7 @@ class GatewayThread:
                                  gateway_access_log=False)
         self.config = replace(defaults, **config)
         directory = ServiceDirectory(registry_url, self.config.gateway_refresh_interval,
-                                     self.config.gateway_quarantine_seconds, self.config.gateway_pool_size,
+                                     self.config.gateway_probe_interval, self.config.gateway_pool_size,
                                      self.config.gateway_connect_timeout)
         self.gateway = Gateway(load_routes(ROUTES_PATH), ApiMap.from_template(load_template(template)),
                                directory, self.config, template=template)
@@ -275,6 +335,16 @@ Resources:
         Get:
           Type: Api
           Properties: {RestApiId: !Ref PayfnApi, Path: "/payments/{paymentId}", Method: GET}
+  SlowAuthorizeFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: functions/
+      Handler: proxy.slow
+      Tags: {payfn:service: INGEST-SERVICE}
+      Events:
+        Authorize:
+          Type: Api
+          Properties: {RestApiId: !Ref PayfnApi, Path: /payments/authorize, Method: POST}
   NoopFunction:
     Type: AWS::Serverless::Function
     Properties:
@@ -292,6 +362,7 @@ HOST_FUNCTIONS = '''
 
 import json
 import os
+import time
 
 
 def echo(event, context):
@@ -302,6 +373,13 @@ def echo(event, context):
 
 def noop(event, context):
     return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "{}"}
+
+
+def slow(event, context):
+    """Long enough that a host killed under load has requests in flight."""
+    time.sleep(0.05)
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"pid": os.getpid(), "host": os.getppid(), "body": event["body"]})}
 '''
 
 
@@ -321,12 +399,14 @@ def _drain(stream: IO[str]) -> None:
 
 
 @contextmanager
-def function_host(template: Path, service: str, registry_url: str | None = None) -> Iterator[tuple[Any, int]]:
-    """A real function host process on a free port; yields (process, port)."""
+def function_host(template: Path, service: str, registry_url: str | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
+    """A real function host process on a free port (``env``: extra variables); yields (process, port)."""
     command = [sys.executable, "-m", "infra.runtime.host", "--service", service, "--port", "0",
                "--template", str(template)]
     command += ["--registry-url", registry_url] if registry_url else ["--no-register"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, **(env or {})})
     try:
         port = 0
         assert process.stdout is not None

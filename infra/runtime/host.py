@@ -31,10 +31,12 @@ Command line (what the stack supervisor runs)::
 
 Design:
 
-- One process per service instance; one asyncio loop (uvloop) with an httptools
-  server (``infra.runtime.http``). Invocations are forwarded over Unix socketpairs, in
-  length-prefixed frames, to warm worker processes (``infra.runtime.worker``), one
-  invocation at a time per worker, so no thread or process is created per request.
+- One process per service instance; one asyncio loop (uvloop) with payfn's httptools
+  server (``infra.http_server``, the gateway's too). Invocations are forwarded over
+  Unix socketpairs, in length-prefixed frames, to warm worker processes
+  (``infra.runtime.worker``), one invocation at a time per worker, so no thread or
+  process is created per request. A payload over 6 MB is refused from its
+  Content-Length, before it is read.
 - Lambda's semantics live in ``environment`` (pools, concurrency, throttling, timeout
   and crash containment), ``invoker`` (START/END/REPORT, metrics, code reload) and
   ``worker`` (init, handler call, context, error payloads).
@@ -99,6 +101,7 @@ import uvloop
 from payfn_shared.config import ConfigError, Settings, load_dataclass, load_settings
 from payfn_shared.registry import InstanceInfo, RegistryClient
 
+from infra.http_server import HttpProtocol, Request, Response
 from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.config import HostConfig
 from infra.runtime.functions import (
@@ -109,7 +112,6 @@ from infra.runtime.functions import (
     load_definitions,
     template_parameters,
 )
-from infra.runtime.http import HttpProtocol, Request, Response
 from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_request_id
 from infra.runtime.logs import VERSION
 from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
@@ -124,10 +126,23 @@ MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def reply(status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
+          content_type: str = "application/json") -> Response:
+    """An answer of the host: Lambda's Invoke API always says what its body is (JSON)."""
+    return Response(status, body, [("Content-Type", content_type), *(headers or ())])
+
+
 def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
     """An Invoke API error as Lambda sends it (type in ``x-amzn-ErrorType``, botocore reads it there)."""
-    return Response(status, orjson.dumps(body), [("x-amzn-ErrorType", error_type),
-                                                  ("x-amzn-RequestId", new_request_id())])
+    return reply(status, orjson.dumps(body), [("x-amzn-ErrorType", error_type),
+                                              ("x-amzn-RequestId", new_request_id())])
+
+
+def payload_too_large(request: Request) -> Response:
+    """Lambda's answer to a synchronous payload over 6 MB, given from Content-Length alone."""
+    return aws_error(413, "RequestTooLargeException", {
+        "Type": "User",
+        "message": f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation"})
 
 
 def api_route(event: Any) -> tuple[str, str] | None:
@@ -178,14 +193,14 @@ class InvokeApi:
         path = request.path
         if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX):
             if request.method != "POST":
-                return Response(405, b'{"message": "method not allowed"}')
+                return reply(405, b'{"message": "method not allowed"}')
             return await self.invoke(request, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)])
         if request.method == "GET" and path == "/health":
             return self.health()
         if request.method == "GET" and path == "/metrics":
             text = await asyncio.get_running_loop().run_in_executor(self._scrape, self.metrics.render)
-            return Response(200, text, content_type=METRICS_CONTENT_TYPE)
-        return Response(404, b'{"message": "not found"}')
+            return reply(200, text, content_type=METRICS_CONTENT_TYPE)
+        return reply(404, b'{"message": "not found"}')
 
     def health(self) -> Response:
         functions = {
@@ -193,7 +208,7 @@ class InvokeApi:
                          "limit": hosted.pool.limit}
             for logical_id, hosted in self.host.functions.items()
         }
-        return Response(200, orjson.dumps({"status": "UP", "service": self.service, "functions": functions}))
+        return reply(200, orjson.dumps({"status": "UP", "service": self.service, "functions": functions}))
 
     async def invoke(self, request: Request, raw_name: str) -> Response:
         name = unquote(raw_name)
@@ -203,23 +218,18 @@ class InvokeApi:
             arn = name if name.startswith("arn:") else f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
             return aws_error(404, "ResourceNotFoundException",
                              {"Type": "User", "Message": f"Function not found: {arn}"})
-        invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")
+        invocation_type = request.header("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in ("RequestResponse", "Event", "DryRun"):
             return aws_error(400, "InvalidParameterValueException", {
                 "Type": "User", "message": f"Unsupported invocation type {invocation_type}"})
-        payload = request.body or b"{}"
-        if len(payload) > MAX_SYNC_PAYLOAD:
-            return aws_error(413, "RequestTooLargeException", {
-                "Type": "User",
-                "message": f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction "
-                           "operation"})
+        payload = request.body or b"{}"  # at most MAX_SYNC_PAYLOAD: the server answers larger ones
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             return aws_error(400, "InvalidRequestContentException", {
                 "Type": "User", "message": f"Could not parse request body into json: {exc}"})
         client_context = None
-        encoded_context = request.headers.get("x-amz-client-context")
+        encoded_context = request.header("x-amz-client-context")
         if encoded_context:
             try:
                 client_context = orjson.loads(base64.b64decode(encoded_context, validate=True))
@@ -227,16 +237,16 @@ class InvokeApi:
                 return aws_error(400, "InvalidRequestContentException", {
                     "Type": "User", "message": "Client context must be a valid Base64-encoded JSON object."})
         if invocation_type == "DryRun":
-            return Response(204, headers=[("x-amzn-RequestId", new_request_id())])
+            return reply(204, headers=[("x-amzn-RequestId", new_request_id())])
         if invocation_type == "Event":
             request_id = self.host.invoke_async(hosted, payload, client_context)
-            return Response(202, headers=[("x-amzn-RequestId", request_id)])
+            return reply(202, headers=[("x-amzn-RequestId", request_id)])
         route = api_route(event)
         started = time.perf_counter()
         try:
             result = await self.host.invoke(hosted, payload, client_context,
                                             queue_wait=self.host.config.runtime_queue_wait_ms / 1000,
-                                            tail=request.headers.get("x-amz-log-type") == "Tail")
+                                            tail=request.header("x-amz-log-type") == "Tail")
         except Throttle as throttle:
             if route is not None:
                 hosted.http.observe(route[0], route[1], 429, time.perf_counter() - started)
@@ -258,7 +268,7 @@ class InvokeApi:
             headers.append(("X-Amz-Function-Error", result.function_error))
         if result.log_result is not None:
             headers.append(("X-Amz-Log-Result", result.log_result))
-        return Response(200, result.body, headers)
+        return reply(200, result.body, headers)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,8 +336,9 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
     api = InvokeApi(host, metrics, args.service)
     loop = asyncio.get_running_loop()
     connections: set[HttpProtocol] = set()
-    server = await loop.create_server(lambda: HttpProtocol(api.handle, connections), args.host, args.port,
-                                      backlog=2048)
+    server = await loop.create_server(
+        lambda: HttpProtocol(api.handle, connections, MAX_SYNC_PAYLOAD, payload_too_large),
+        args.host, args.port, backlog=2048)
     port = server.sockets[0].getsockname()[1]
     address = f"{args.host}:{port}"
     if args.port_file:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 from payfn_shared.registry import InstanceInfo, RegistryClient
 
 from infra.registry.server import RegistryServer
-from tests.gateway_support import GatewayThread, InvokeStub, gateway_thread, wait_for, write_template
+from tests.gateway_support import (
+    DroppingHost,
+    GatewayThread,
+    InvokeStub,
+    gateway_thread,
+    wait_for,
+    write_template,
+)
 from tests.integration.registry_support import aws_endpoint, free_port, running_registry
 
 
@@ -100,8 +108,94 @@ def test_dead_instance_is_skipped_without_client_failure(template: Path, registr
         statuses = [gateway.request("GET", "/api/payments/p-1")[0] for _ in range(6)]
         assert statuses == [200] * 6
         metrics = gateway.request("GET", "/actuator/prometheus")[2].decode()
-    assert 'gateway_upstream_retries_total{service="INGEST-SERVICE"} 1.0' in metrics
+    assert 'gateway_upstream_retries_total{kind="connect_failure",service="INGEST-SERVICE"} 1.0' in metrics
     assert len(stubs[0].events) == 6
+
+
+@pytest.fixture
+def dropper() -> Iterator[DroppingHost]:
+    host = DroppingHost("a-dropper")  # sorts first: the gateway's first pick
+    yield host
+    host.stop()
+
+
+def quarantined(gateway: GatewayThread) -> list[str]:
+    return json.loads(gateway.request("GET", "/actuator/health")[2])["components"]["registry"]["details"][
+        "quarantined"]
+
+
+def test_connection_lost_before_the_answer_is_retried_where_idempotent(
+        template: Path, registry: RegistryServer, stubs: list[InvokeStub], dropper: DroppingHost) -> None:
+    """GET, and POST /payments/authorize (dedupes on its idempotency key), are re-sent to another instance."""
+    register(registry, "INGEST-SERVICE", dropper.name, dropper.port)
+    register(registry, "INGEST-SERVICE", stubs[0].name, stubs[0].port)
+    with gateway_thread(template, registry.url, gateway_probe_interval=60.0) as gateway:
+        status, headers, _ = gateway.request("GET", "/api/payments/p-1")
+        assert (status, headers["x-instance"]) == (200, stubs[0].name)
+        assert quarantined(gateway) == [dropper.name]
+        assert gateway.request("GET", "/api/payments/p-2")[0] == 200
+        metrics = gateway.request("GET", "/actuator/prometheus")[2].decode()
+    assert dropper.requests == ["/2015-03-31/functions/GetPaymentFunction/invocations"]
+    assert 'gateway_upstream_retries_total{kind="connection_lost",service="INGEST-SERVICE"} 1.0' in metrics
+
+    dropper.requests.clear()
+    with gateway_thread(template, registry.url, gateway_probe_interval=60.0) as gateway:
+        status, _, body = gateway.request("POST", "/api/payments/authorize", b'{"amount": 1}',
+                                          {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(body)["instance"] == stubs[0].name
+    assert dropper.requests == ["/2015-03-31/functions/AuthorizeFunction/invocations"]
+
+
+def test_connection_lost_on_a_capture_is_not_retried(
+        template: Path, registry: RegistryServer, stubs: list[InvokeStub], dropper: DroppingHost) -> None:
+    """A capture may have committed before the connection broke: re-sent, it would answer 409."""
+    register(registry, "INGEST-SERVICE", dropper.name, dropper.port)
+    register(registry, "INGEST-SERVICE", stubs[0].name, stubs[0].port)
+    with gateway_thread(template, registry.url, gateway_probe_interval=60.0) as gateway:
+        status, _, body = gateway.request("POST", "/api/payments/capture/p-1", b"{}",
+                                          {"Content-Type": "application/json"})
+        assert (status, json.loads(body)) == (502, {"message": "Internal server error"})
+        assert quarantined(gateway) == [dropper.name]
+        assert gateway.request("POST", "/api/payments/capture/p-1", b"{}")[0] == 200
+    assert dropper.requests == ["/2015-03-31/functions/CaptureFunction/invocations"]
+    assert [e["function"] for e in stubs[0].events] == ["CaptureFunction"]
+
+
+def test_an_answer_that_started_is_never_retried(template: Path, registry: RegistryServer,
+                                                stubs: list[InvokeStub]) -> None:
+    partial = DroppingHost("a-partial", partial=True)
+    try:
+        register(registry, "INGEST-SERVICE", partial.name, partial.port)
+        register(registry, "INGEST-SERVICE", stubs[0].name, stubs[0].port)
+        with gateway_thread(template, registry.url) as gateway:
+            status, _, body = gateway.request("GET", "/api/payments/p-1")
+            assert (status, json.loads(body)) == (502, {"message": "Internal server error"})
+            assert quarantined(gateway) == [partial.name]
+    finally:
+        partial.stop()
+    assert len(partial.requests) == 1 and stubs[0].events == []
+
+
+def test_a_5xx_answer_is_never_retried(template: Path, registry: RegistryServer,
+                                       stubs: list[InvokeStub]) -> None:
+    """The function ran (and failed): re-running it is the client's decision."""
+    register(registry, "INGEST-SERVICE", stubs[0].name, stubs[0].port)
+    register(registry, "INGEST-SERVICE", stubs[1].name, stubs[1].port)
+    with gateway_thread(template, registry.url) as gateway:
+        assert gateway.request("GET", "/api/payments/p-1?mode=error")[0] == 502
+    assert len(stubs[0].events) + len(stubs[1].events) == 1
+
+
+def test_quarantine_ends_when_the_instance_accepts_connections(
+        template: Path, registry: RegistryServer, stubs: list[InvokeStub], dropper: DroppingHost) -> None:
+    """A live instance whose connection broke is back after a probe (it may be the only one)."""
+    register(registry, "INGEST-SERVICE", dropper.name, dropper.port)
+    register(registry, "INGEST-SERVICE", stubs[0].name, stubs[0].port)
+    with gateway_thread(template, registry.url, gateway_probe_interval=0.2) as gateway:
+        assert gateway.request("GET", "/api/payments/p-1")[0] == 200
+        wait_for(lambda: quarantined(gateway) == [])
+        assert gateway.request("GET", "/api/payments/p-2")[0] == 200
+    assert len(dropper.requests) == 2
 
 
 def test_no_instance_is_503_with_error_body(template: Path, registry: RegistryServer) -> None:
@@ -234,3 +328,18 @@ def test_health_reports_unreachable_registry(template: Path) -> None:
         assert status == 200
         assert json.loads(body)["components"]["registry"]["status"] == "DOWN"
         assert gateway.request("GET", "/api/payments/p-1")[0] == 503
+
+
+def test_prometheus_exposition_is_rendered_off_the_event_loop(gateway: GatewayThread) -> None:
+    """Rendering takes tens of ms once label sets have grown; on the loop it would stall every request."""
+    threads: list[str] = []
+    render = gateway.gateway.metrics.render
+
+    def recording_render() -> bytes:
+        threads.append(threading.current_thread().name)
+        return render()
+
+    gateway.gateway.metrics.render = recording_render  # type: ignore[method-assign]
+    status, headers, body = gateway.request("GET", "/actuator/prometheus")
+    assert status == 200 and headers["content-type"].startswith("text/plain") and b"gateway_requests" in body
+    assert len(threads) == 1 and threads[0].startswith("scrape") and threads[0] != gateway.thread.name

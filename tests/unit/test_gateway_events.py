@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from gateway.events import (
-    IncomingRequest,
     ProxyResultError,
     build_event,
     is_binary,
@@ -23,6 +22,7 @@ from gateway.events import (
     parse_query,
 )
 from gateway.routing import ApiMap, ApiRoute
+from infra.http_server import Request
 from infra.template import load_template
 from tests.gateway_support import write_template
 
@@ -50,8 +50,8 @@ def route(routes: ApiMap, service: str, method: str, path: str) -> tuple[ApiRout
 
 
 def request(method: str = "POST", path: str = "/api/payments/authorize", query: str = "a=1&a=2&b=x%20y",
-            body: bytes = b'{"amount": 100}', content_type: str = "application/json") -> IncomingRequest:
-    return IncomingRequest(method, path, query, [
+            body: bytes = b'{"amount": 100}', content_type: str = "application/json") -> Request:
+    return Request(method, path, query, [
         ("Host", "localhost:8080"), ("User-Agent", "curl/8"), ("Content-Type", content_type),
         ("X-Multi", "one"), ("X-Multi", "two"), ("Cookie", "c1=v1; c2=v2"),
     ], body, "127.0.0.1")
@@ -89,7 +89,7 @@ def test_v1_event_has_the_shape_of_sams_sample(routes: ApiMap) -> None:
 
 def test_v1_path_parameters_and_empty_maps_are_null(routes: ApiMap) -> None:
     api_route, params = route(routes, "INGEST-SERVICE", "GET", "/payments/p-1")
-    bare = IncomingRequest("GET", "/api/payments/p-1", "", [], b"", "10.0.0.1")
+    bare = Request("GET", "/api/payments/p-1", "", [], b"", "10.0.0.1")
     event = build_event(bare, api_route, "/payments/p-1", params, "rid", 0.0, "h")
     assert event["pathParameters"] == {"paymentId": "p-1"} and event["resource"] == "/payments/{paymentId}"
     for key in ("headers", "multiValueHeaders", "queryStringParameters", "multiValueQueryStringParameters",

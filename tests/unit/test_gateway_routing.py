@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 
 from gateway.routing import (
+    CONNECT_ONLY,
     ROUTES_PATH,
     ApiMap,
+    Failure,
     MethodNotAllowed,
+    RetryPolicy,
     RoutingConfigError,
     cors_policy,
     load_routes,
+    parse_retry,
     parse_routes,
     spring_path_regex,
 )
@@ -35,7 +39,10 @@ def test_spring_path_patterns() -> None:
 
 def test_project_routes_and_strip_prefix() -> None:
     routes = {route.id: route for route in load_routes(ROUTES_PATH)}
-    assert set(routes) == {"payments", "monitoring", "circuit-breaker"}
+    assert set(routes) == {"payments-authorize", "payments", "monitoring", "circuit-breaker"}
+    assert [r.id for r in load_routes(ROUTES_PATH)][:2] == ["payments-authorize", "payments"]
+    assert routes["payments-authorize"].matches("POST", "/api/payments/authorize")
+    assert not routes["payments-authorize"].matches("GET", "/api/payments/authorize")
     payments = routes["payments"]
     assert payments.service == "INGEST-SERVICE"
     assert payments.matches("POST", "/api/payments/authorize")
@@ -60,6 +67,68 @@ def test_route_filters_and_predicates() -> None:
     with pytest.raises(RoutingConfigError):
         parse_routes({"spring": {"cloud": {"gateway": {"routes": [
             {"id": "r", "uri": "http://x", "predicates": ["Path=/a/**"]}]}}}})
+
+
+def test_project_retry_policies_retry_posts_only_where_idempotent() -> None:
+    """Authorize dedupes on its idempotency key; capture/refund would answer 409 if re-run."""
+    routes = {route.id: route for route in load_routes(ROUTES_PATH)}
+    authorize = routes["payments-authorize"].retry
+    assert authorize.retries_after(Failure.CONNECTION_LOST, "POST")
+    for route_id in ("payments", "monitoring", "circuit-breaker"):
+        policy = routes[route_id].retry
+        assert policy.retries_after(Failure.CONNECTION_LOST, "GET"), route_id
+        assert policy.retries_after(Failure.CONNECTION_LOST, "HEAD"), route_id
+        assert not policy.retries_after(Failure.CONNECTION_LOST, "POST"), route_id
+        assert policy.retries_after(Failure.CONNECT, "POST"), route_id
+    assert {r.retry.retries for r in routes.values()} == {2}
+
+
+def test_retry_filter_arguments() -> None:
+    policy = parse_retry({"retries": 4, "methods": ["get", "POST"], "series": [],
+                          "exceptions": "reactor.netty.http.client.PrematureCloseException",
+                          "backoff": {"firstBackoff": "10ms", "maxBackoff": "1s", "factor": 3}}, "r")
+    assert policy == RetryPolicy(4, frozenset({Failure.CONNECTION_LOST}), frozenset({"GET", "POST"}),
+                                 0.01, 1.0, 3.0)
+    assert not policy.retries_after(Failure.CONNECT, "GET")
+    assert [round(policy.backoff(n, 0.0), 3) for n in (1, 2, 3, 4, 5)] == [0.01, 0.03, 0.09, 0.27, 0.81]
+    assert round(policy.backoff(6, 0.0), 3) == 1.0
+    chained = parse_retry({"backoff": {"firstBackoff": 5, "factor": 2, "basedOnPreviousValue": True}}, "r")
+    assert chained.backoff(1, 0.0) == 0.005 and chained.backoff(2, 0.005) == 0.01
+    default = parse_retry({}, "r")
+    assert default.failures == frozenset(Failure) and default.methods == {"GET"} and default.retries == 3
+    assert default.backoff(1, 0.0) == 0.0
+    assert parse_retry({"exceptions": ["IOException"]}, "r").failures == frozenset(Failure)
+    assert CONNECT_ONLY.retries_after(Failure.CONNECT, "POST")
+    assert not CONNECT_ONLY.retries_after(Failure.CONNECTION_LOST, "GET")
+
+
+@pytest.mark.parametrize("args", [
+    {"statuses": "BAD_GATEWAY"},
+    {"series": "SERVER_ERROR"},
+    {"exceptions": "org.springframework.cloud.gateway.support.TimeoutException"},
+    {"retries": -1},
+    {"backoff": {"firstBackoff": "soon"}},
+    {"backoff": {"factor": 0.5}},
+    {"retry": 3},
+    "3",
+])
+def test_retry_filter_refuses_unsafe_or_unknown_settings(args: object) -> None:
+    with pytest.raises(RoutingConfigError):
+        parse_retry(args, "r")
+
+
+def test_retry_filter_in_a_route() -> None:
+    (route,) = parse_routes({"spring": {"cloud": {"gateway": {"routes": [{
+        "id": "r", "uri": "lb://svc", "predicates": ["Path=/a/**"],
+        "filters": ["StripPrefix=1", {"name": "Retry", "args": {"methods": "GET,POST"}}]}]}}}})
+    assert route.retry.methods == {"GET", "POST"}
+    (plain,) = parse_routes({"spring": {"cloud": {"gateway": {"routes": [{
+        "id": "r", "uri": "lb://svc", "predicates": ["Path=/a/**"]}]}}}})
+    assert plain.retry is CONNECT_ONLY
+    with pytest.raises(RoutingConfigError):
+        parse_routes({"spring": {"cloud": {"gateway": {"routes": [{
+            "id": "r", "uri": "lb://svc", "predicates": ["Path=/a/**"],
+            "filters": [{"name": "CircuitBreaker", "args": {}}]}]}}}})
 
 
 @pytest.fixture(scope="module")

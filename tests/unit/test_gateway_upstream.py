@@ -1,4 +1,4 @@
-"""The gateway's upstream pool tells a dead instance from a slow one."""
+"""The gateway's upstream pool tells a dead instance from a slow one, and a lost request from a cut answer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from gateway.upstream import ConnectFailed, UpstreamPool
+from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamPool
 from infra.process import free_port
 
 
@@ -33,3 +33,25 @@ def test_connect_timeout_is_not_refused() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         assert connect_error(listener.getsockname()[1], connect_timeout=1e-9).refused is False
+
+
+def test_connection_lost_tells_whether_the_answer_had_started() -> None:
+    """Before any answer byte the request may be re-sent (route policy); after, the function ran."""
+
+    async def lost(reply: bytes) -> ConnectionLost:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1])
+        with pytest.raises(ConnectionLost) as failure:
+            await pool.request("GET", "/x", timeout=5.0)
+        pool.close()
+        server.close()
+        return failure.value
+
+    assert asyncio.run(lost(b"")).answer_started is False
+    assert asyncio.run(lost(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{")).answer_started is True
