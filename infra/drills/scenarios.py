@@ -391,12 +391,12 @@ def drill_host(drill: Drill) -> None:
     retried = sum(1 for _, retries in load.outcomes if retries)
     ledger = drill.client.ledger
     raw = ledger.count("authorize 5") + ledger.count(f"authorize {CONNECTION_ERROR}")
-    report.check("no client-visible failure", "every authorize ends 200 (retries reuse the idempotency key)",
-                 bool(finals) and all(a.status == 200 for a in finals),
+    report.check("no client-visible failure", "every authorize answered 200, no 5xx or broken connection "
+                 "(the gateway re-sends an authorize lost with the dying host: its route's Retry filter)",
+                 bool(finals) and all(a.status == 200 for a in finals) and raw == 0,
                  f"{len(finals)} authorizes in {load_seconds:.0f} s ({len(finals) / load_seconds:.1f}/s),"
-                 f" final statuses {sorted(set(a.status for a in finals))}")
-    report.info("answers retried by the client", f"{retried} request(s) retried; {raw} raw 5xx/connection "
-                "answers (requests in flight on the killed host; the gateway retries only refused connects)")
+                 f" final statuses {sorted(set(a.status for a in finals))}, {raw} raw 5xx/connection answers")
+    report.info("answers retried by the client", f"{retried} request(s), with the same idempotency key")
     after = [client.authorize(drill.merchant) for _ in range(10)]
     report.check("gateway routes around the dead host", "10 more authorizes all 200 at the first attempt",
                  all(a.status == 200 for a in after), _statuses(after))
