@@ -41,11 +41,25 @@ lint: deps
 bench: deps bench-deps
 	$(BIN)/python -m tests.load.bench
 
-# Debian packages only the benchmarks use (wrk: closed-loop figures of bench_gateway);
+# Debian packages only the benchmarks use (wrk: closed-loop figures of bench_gateway;
+# Node for the serverless-offline peer, unless a node with npm is already there);
 # the load generator of bench_load is Python. Not needed by make test.
-BENCH_PACKAGES := wrk
+# The peers of bench_peers (tests/load/peers/: exact pins) go to the git-ignored .bench/:
+# serverless + serverless-offline from the committed npm lock, chalice in its own venv
+# (its pins differ from requirements.lock's); each reinstalled only when its pins change.
+BENCH_PACKAGES := wrk $(if $(shell command -v npm),,nodejs npm)
+PEERS        := tests/load/peers
 bench-deps:
 	@$(call apt_install,$(BENCH_PACKAGES))
+	@mkdir -p .bench
+	@cmp -s $(PEERS)/package-lock.json .bench/node_modules/.payfn-lock || { \
+	  cp $(PEERS)/package.json $(PEERS)/package-lock.json .bench/ && \
+	  npm ci --prefix .bench --ignore-scripts --no-audit --no-fund && \
+	  cp $(PEERS)/package-lock.json .bench/node_modules/.payfn-lock; }
+	@test -x .bench/venv/bin/python || $(PYTHON) -m venv .bench/venv
+	@cmp -s $(PEERS)/requirements.txt .bench/venv/.payfn-requirements || { \
+	  .bench/venv/bin/pip install -q --disable-pip-version-check -r $(PEERS)/requirements.txt && \
+	  cp $(PEERS)/requirements.txt .bench/venv/.payfn-requirements; }
 
 deps: system-deps $(STAMP)
 

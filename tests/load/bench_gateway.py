@@ -8,268 +8,177 @@ stack, then measures the same function called two ways:
 - **gateway**: ``GET /api/payments/noop`` through the gateway (route, StripPrefix,
   API event matching, REST v1 event, invoke, result mapping, metrics, access log).
 
-For each: **closed loop** at 16 keep-alive connections (maximum RPS; wrk when it is
-installed, else the built-in client) and **paced** at 500 RPS, latency measured from
-each request's scheduled send time (no coordinated omission). The difference of the
-two paced percentiles is the latency the gateway adds.
+For each: **closed loop** at 16 keep-alive connections (maximum RPS; with the
+built-in client, and with wrk when it is installed) and **paced** at 500 RPS, latency
+measured from each request's scheduled send time (no coordinated omission). The
+difference of the two paced percentiles is the latency the gateway adds.
+
+The private set-up (:func:`payfn_noop`) and the process helpers are also what
+``bench_peers`` measures payfn with, so both benchmarks measure the same thing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
-import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import uvloop
-
 from tests.gateway_support import write_host_template
+from tests.load import rawload
 
-CONNECTIONS = 16
 DURATION = float(os.environ.get("PAYFN_BENCH_SECONDS", "5"))
 PACED_RPS = 500
 DIRECT_BODY = b'{"path": "/payments/noop", "httpMethod": "GET"}'
+DIRECT_PATH = "/2015-03-31/functions/NoopFunction/invocations"
+DIRECT_HEADERS = {"Content-Type": "application/json"}
+GATEWAY_PATH = "/api/payments/noop"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen[Any] | None = None) -> None:
+    """Wait for a 2xx answer; with ``process``, fail at once if that server has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=2):
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def _drain(stream: IO[str]) -> None:
-    """Keep reading a child's stdout (function hosts log every invocation) so it never blocks."""
-    for _ in stream:
-        pass
+@contextmanager
+def child_process(command: list[str], env: Mapping[str, str] | None = None, log: Path | None = None,
+                  listening: bool = False,
+                  cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A server process in its own process group, ended with the whole group.
+
+    Its output goes to the file ``log`` (or nowhere), never to a pipe this process must
+    drain: a drain thread would take CPU and the GIL from the load client while the
+    servers log every request. With ``listening`` it waits for the child's
+    ``LISTENING address`` line in ``log`` and yields that address. The group matters
+    for servers that spawn workers (function environments, serverless-offline's Python
+    processes through a shell): ending only the parent could leave them running.
+    """
+    if listening and log is None:
+        raise ValueError("the LISTENING line is read from the log")
+    output: IO[bytes] | int = log.open("wb") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+    if not isinstance(output, int):
+        output.close()
+    try:
+        yield process, _listening_address(process, command, log) if listening and log is not None else ""
+    finally:
+        _end_group(process)
+
+
+def _listening_address(process: subprocess.Popen[bytes], command: list[str], log: Path,
+                       timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("LISTENING"):
+                return line.split()[1].removeprefix("http://")
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{' '.join(command[1:3])} did not start; its log ends: "
+                       f"{log.read_text(errors='replace')[-2000:]}")
+
+
+def _end_group(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM to the child's process group (its id is the child's pid), then SIGKILL to what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
+
+
+@dataclass(frozen=True)
+class NoopStack:
+    """Where the private set-up serves the no-op function: the host and the gateway."""
+
+    host: str
+    gateway: str
+
+    @property
+    def direct_request(self) -> bytes:
+        return rawload.request_bytes("POST", DIRECT_PATH, self.host, DIRECT_BODY, DIRECT_HEADERS)
+
+    @property
+    def gateway_request(self) -> bytes:
+        return rawload.request_bytes("GET", GATEWAY_PATH, self.gateway)
 
 
 @contextmanager
-def _process(command: list[str], env: dict[str, str] | None = None,
-             listening: bool = False) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A child process; with ``listening`` it waits for its ``LISTENING address`` line."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE if listening else subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
-    try:
-        address = ""
-        if listening:
-            assert process.stdout is not None
-            for line in process.stdout:
-                if line.startswith("LISTENING"):
-                    address = line.split()[1].removeprefix("http://")
-                    break
-            if not address:
-                raise RuntimeError(f"{command[2]} exited with {process.wait(5)}")
-            threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
-        yield process, address
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-class _Client(asyncio.Protocol):
-    """One keep-alive connection, one request in flight, Content-Length framed answers."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        match = re.search(rb"content-length:\s*(\d+)", head)
-        total = end + 4 + (int(match.group(1)) if match else 0)
-        if len(self.buffer) < total:
-            return
-        del self.buffer[:total]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(int(head[9:12]))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("closed"))
-
-    async def send(self, data: bytes) -> int:
-        if self.transport is None:
-            raise ConnectionError("not connected")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return await self.waiter
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
-
-
-async def _connect(address: str) -> list[_Client]:
-    host, port = address.rsplit(":", 1)
-    loop = asyncio.get_running_loop()
-    return [(await loop.create_connection(_Client, host, int(port)))[1] for _ in range(CONNECTIONS)]
-
-
-async def _closed_loop(address: str, request: bytes, seconds: float) -> dict[str, float]:
-    clients = await _connect(address)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(client: _Client) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            status = await client.send(request)
-            latencies.append(time.perf_counter() - started)
-            errors += status != 200
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in clients))
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        assert client.transport is not None
-        client.transport.close()
-    return {"rps": round(len(latencies) / elapsed, 1), "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2), "errors": errors}
-
-
-async def _paced(address: str, request: bytes, rps: int, seconds: float) -> dict[str, float]:
-    clients = await _connect(address)
-    idle: asyncio.Queue[_Client] = asyncio.Queue()
-    for client in clients:
-        idle.put_nowait(client)
-    latencies: list[float] = []
-    errors = 0
-    tasks = []
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        client = await idle.get()
-        status = await client.send(request)
-        latencies.append(time.perf_counter() - scheduled)
-        errors += status != 200
-        idle.put_nowait(client)
-
-    start = time.perf_counter()
-    total = int(rps * seconds)
-    for index in range(total):
-        scheduled = start + index / rps
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(scheduled)))
-    await asyncio.gather(*tasks)
-    for client in clients:
-        assert client.transport is not None
-        client.transport.close()
-    return {"p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
-            "max_ms": round(max(latencies) * 1000, 2), "errors": errors}
-
-
-def _wrk(url: str, lua: str | None, seconds: float) -> dict[str, float] | None:
-    """wrk's closed-loop figures (one thread, 16 connections), or None if wrk is missing."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{max(1, int(seconds))}s", "--latency"]
-        if lua:
-            script.write(lua)
-            script.flush()
-            command += ["-s", script.name]
-        output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-
-    def latency(label: str) -> float:
-        found = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", output)
-        if found is None:
-            return float("nan")
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
-        return round(float(found.group(1)) * scale, 2)
-
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
-            "errors": int(non_2xx.group(1)) if non_2xx else 0}
+def payfn_noop(folder: Path) -> Iterator[NoopStack]:
+    """moto, registry, one function host with the no-op function, gateway; ready to serve it."""
+    python = sys.executable
+    template = write_host_template(folder)
+    moto_port, registry_port = free_port(), free_port()
+    with ExitStack() as stack:
+        stack.enter_context(child_process(
+            [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]))
+        wait_http(f"http://127.0.0.1:{moto_port}/moto-api/")
+        env = {"PAYFN_AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}"}
+        stack.enter_context(child_process(
+            [python, "-m", "infra.registry", "--port", str(registry_port)], env))
+        registry = f"http://127.0.0.1:{registry_port}"
+        wait_http(registry + "/health")
+        _, host = stack.enter_context(child_process(
+            [python, "-m", "infra.runtime.host", "--service", "INGEST-SERVICE", "--port", "0",
+             "--template", str(template), "--registry-url", registry], env, folder / "host.log",
+            listening=True))
+        gateway_process, gateway = stack.enter_context(child_process(
+            [python, "-m", "gateway", "--port", "0", "--template", str(template), "--registry-url", registry,
+             "--no-register"], env, folder / "gateway.log", listening=True))
+        # Ready means routed: the gateway has seen the host in the registry.
+        wait_http(f"http://{gateway}{GATEWAY_PATH}", 20.0, gateway_process)
+        yield NoopStack(host, gateway)
 
 
 def run() -> dict[str, Any]:
-    python = sys.executable
-    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
-        template = write_host_template(Path(folder))
-        moto_port, registry_port = _free_port(), _free_port()
-        stack.enter_context(_process([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]))
-        _wait_http(f"http://127.0.0.1:{moto_port}/moto-api/")
-        env = {"PAYFN_AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}"}
-        stack.enter_context(_process([python, "-m", "infra.registry", "--port", str(registry_port)], env))
-        registry = f"http://127.0.0.1:{registry_port}"
-        _wait_http(registry + "/health")
-        _, host = stack.enter_context(_process(
-            [python, "-m", "infra.runtime.host", "--service", "INGEST-SERVICE", "--port", "0",
-             "--template", str(template), "--registry-url", registry], env, listening=True))
-        _, gateway = stack.enter_context(_process(
-            [python, "-m", "gateway", "--port", "0", "--template", str(template), "--registry-url", registry,
-             "--no-register"], env, listening=True))
-        _wait_http(f"http://{gateway}/actuator/health")
-        direct_request = (f"POST /2015-03-31/functions/NoopFunction/invocations HTTP/1.1\r\nHost: {host}\r\n"
-                          f"Content-Type: application/json\r\nContent-Length: {len(DIRECT_BODY)}\r\n\r\n"
-                          ).encode() + DIRECT_BODY
-        gateway_request = f"GET /api/payments/noop HTTP/1.1\r\nHost: {gateway}\r\n\r\n".encode()
+    with tempfile.TemporaryDirectory() as folder, payfn_noop(Path(folder)) as noop:
+        direct, through_gateway = noop.direct_request, noop.gateway_request
 
         async def measure() -> dict[str, Any]:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                client = (await _connect(gateway))[0]
-                status = await client.send(gateway_request)
-                client.transport.close()  # type: ignore[union-attr]
-                if status == 200:
-                    break
-                await asyncio.sleep(0.2)
-            await _closed_loop(host, direct_request, 1.0)
-            await _closed_loop(gateway, gateway_request, 1.0)
+            await rawload.closed_loop(noop.host, direct, 1.0)
+            await rawload.closed_loop(noop.gateway, through_gateway, 1.0)
             return {
-                "direct_closed": await _closed_loop(host, direct_request, DURATION),
-                "gateway_closed": await _closed_loop(gateway, gateway_request, DURATION),
-                "direct_paced_500": await _paced(host, direct_request, PACED_RPS, DURATION),
-                "gateway_paced_500": await _paced(gateway, gateway_request, PACED_RPS, DURATION),
+                "direct_closed": await rawload.closed_loop(noop.host, direct, DURATION),
+                "gateway_closed": await rawload.closed_loop(noop.gateway, through_gateway, DURATION),
+                "direct_paced_500": (await rawload.paced(noop.host, direct, PACED_RPS, DURATION)).scheduled,
+                "gateway_paced_500": (await rawload.paced(noop.gateway, through_gateway, PACED_RPS,
+                                                          DURATION)).scheduled,
             }
 
-        results = uvloop.run(measure())
-        lua = ('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-               f"wrk.body = '{DIRECT_BODY.decode()}'\n")
-        direct_wrk = _wrk(f"http://{host}/2015-03-31/functions/NoopFunction/invocations", lua, DURATION)
-        gateway_wrk = _wrk(f"http://{gateway}/api/payments/noop", None, DURATION)
+        results = rawload.run(measure())
+        direct_wrk = rawload.wrk(f"http://{noop.host}{DIRECT_PATH}", DURATION, method="POST",
+                                 body=DIRECT_BODY, headers=DIRECT_HEADERS)
+        gateway_wrk = rawload.wrk(f"http://{noop.gateway}{GATEWAY_PATH}", DURATION)
         if direct_wrk is not None and gateway_wrk is not None:
             results["direct_wrk"] = direct_wrk
             results["gateway_wrk"] = gateway_wrk

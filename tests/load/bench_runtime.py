@@ -1,4 +1,4 @@
-"""Benchmark of the Lambda runtime emulation's Invoke API (``python tests/load/bench_runtime.py``).
+"""Benchmark of the Lambda runtime emulation's Invoke API (``python -m tests.load.bench_runtime``).
 
 Starts a real function host running the no-op fixture function, then measures:
 
@@ -11,18 +11,16 @@ Starts a real function host running the no-op fixture function, then measures:
   the client's timer lateness, up to ~1 ms with libuv's millisecond timers);
 - **in process**: the same handler called directly, the floor the host adds to.
 
-The client is a minimal HTTP/1.1 protocol on uvloop, so that on a small machine it
-takes as little CPU from the host under test as possible. ``run()`` returns the
-numbers as a dict; running the module prints them as a table.
+The client is :mod:`tests.load.rawload` (a minimal HTTP/1.1 protocol on uvloop), so
+that on a small machine it takes as little CPU from the host under test as possible.
+``run()`` returns the numbers as a dict; running the module prints them as a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import uvloop
+from tests.load import rawload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_CODE = REPO_ROOT / "tests" / "fixtures" / "functions"
@@ -53,154 +51,19 @@ Resources:
 """
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection that has at most one request in flight."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            return
-        head = bytes(self.buffer[:head_end]).lower()
-        start = head.find(b"content-length:") + len(b"content-length:")
-        length = int(head[start:head.find(b"\r\n", start) if head.find(b"\r\n", start) > 0 else None])
-        total = head_end + 4 + length
-        if len(self.buffer) < total:
-            return
-        status = int(head[9:12])
-        del self.buffer[:total]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed"))
-
-    async def request(self, data: bytes) -> int:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return await self.waiter
-
-
 def _request_bytes(address: str) -> bytes:
-    body = b'{"bench": true}'
-    return (f"POST /2015-03-31/functions/{FUNCTION}/invocations HTTP/1.1\r\nHost: {address}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    return rawload.request_bytes("POST", f"/2015-03-31/functions/{FUNCTION}/invocations", address,
+                                 b'{"bench": true}', {"Content-Type": "application/json"})
 
 
-async def _connect(address: str, count: int) -> list[_Connection]:
-    host, port = address.rsplit(":", 1)
-    loop = asyncio.get_running_loop()
-    connections = []
-    for _ in range(count):
-        _, protocol = await loop.create_connection(_Connection, host, int(port))
-        connections.append(protocol)
-    return connections
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, float]:
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / elapsed,
-        "p50_ms": _percentile(latencies, 0.50) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
-        "mean_ms": statistics.fmean(latencies) * 1000,
-    }
-
-
-async def _closed_loop(address: str, connections: int, seconds: float) -> dict[str, float]:
-    data = _request_bytes(address)
-    pool = await _connect(address, connections)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(connection: _Connection) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            status = await connection.request(data)
-            latencies.append(time.perf_counter() - sent)
-            errors += status != 200
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(connection) for connection in pool))
-    elapsed = time.perf_counter() - started
-    for connection in pool:
-        assert connection.transport is not None
-        connection.transport.close()
-    return _summary(latencies, errors, elapsed)
-
-
-async def _paced(address: str, connections: int, rate: float,
-                 seconds: float) -> tuple[dict[str, float], dict[str, float]]:
-    data = _request_bytes(address)
-    pool = await _connect(address, connections)
-    free: asyncio.Queue[_Connection] = asyncio.Queue()
-    for connection in pool:
-        free.put_nowait(connection)
-    latencies: list[float] = []
-    from_schedule: list[float] = []
-    errors = 0
-    tasks = []
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        connection = await free.get()
-        sent = time.perf_counter()
-        status = await connection.request(data)
-        done = time.perf_counter()
-        latencies.append(done - sent)
-        from_schedule.append(done - scheduled)
-        errors += status != 200
-        free.put_nowait(connection)
-
-    started = time.perf_counter()
-    total = int(rate * seconds)
-    for index in range(total):
-        scheduled = started + index / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.get_running_loop().create_task(one(scheduled)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    for connection in pool:
-        assert connection.transport is not None
-        connection.transport.close()
-    return _summary(latencies, errors, elapsed), _summary(from_schedule, errors, elapsed)
-
-
-def _in_process(seconds: float) -> dict[str, float]:
+def _in_process(seconds: float) -> dict[str, Any]:
     """The handler called directly: what an invocation costs without any host."""
     spec = importlib.util.spec_from_file_location("bench_noop", FIXTURE_CODE / "noop.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    latencies = []
     event = {"bench": True}
-    deadline = time.perf_counter() + seconds
-    started = time.perf_counter()
-    while time.perf_counter() < deadline:
-        sent = time.perf_counter()
-        module.handler(event, None)
-        latencies.append(time.perf_counter() - sent)
-    return _summary(latencies, 0, time.perf_counter() - started)
+    return rawload.time_calls(lambda: module.handler(event, None), seconds)
 
 
 def _start_host(workdir: Path, max_environments: int | None) -> tuple[subprocess.Popen[bytes], str]:
@@ -258,13 +121,16 @@ def run(seconds: float = 5.0, connections: int = 16, rate: float = 500.0,
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         process, address = _start_host(Path(tmp), max_environments)
         try:
-            uvloop.run(_closed_loop(address, connections, 1.0))  # warm-up: start the environments
+            request = _request_bytes(address)
+            # warm-up: start the environments
+            rawload.run(rawload.closed_loop(address, request, 1.0, connections))
             host_before, envs_before = _cpu_seconds(process.pid)
-            closed = uvloop.run(_closed_loop(address, connections, seconds))
+            closed = rawload.run(rawload.closed_loop(address, request, seconds, connections))
             host_after, envs_after = _cpu_seconds(process.pid)
             closed["host_cpu_us_per_request"] = (host_after - host_before) / closed["requests"] * 1e6
             closed["environment_cpu_us_per_request"] = (envs_after - envs_before) / closed["requests"] * 1e6
-            paced, paced_from_schedule = uvloop.run(_paced(address, connections, rate, seconds))
+            paced_from_schedule, paced = rawload.run(
+                rawload.paced(address, request, rate, seconds, connections))
             cold_starts = _cold_starts(address)
         finally:
             process.terminate()
