@@ -28,7 +28,10 @@ REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 
 class KafkaRecord(Protocol):
-    """What the event needs of a consumed record (kafka-python's ``ConsumerRecord`` has it)."""
+    """What the event needs of a consumed record (``reader.ConsumedRecord`` has it).
+
+    ``timestamp_type`` is Kafka's record attribute: 0 create time, 1 log-append time.
+    """
 
     topic: str
     partition: int
@@ -37,7 +40,7 @@ class KafkaRecord(Protocol):
     timestamp_type: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True)

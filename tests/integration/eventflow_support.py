@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from payfn_shared.config import Settings
 
@@ -215,14 +216,17 @@ def read_all(settings: Settings, topic: str, expected: int, timeout: float = 20)
 
 
 def committed(settings: Settings, group: str, topic: str) -> dict[int, int | None]:
-    """The group's committed offsets per partition (None: nothing committed)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","), group_id=group,
-                             enable_auto_commit=False)
+    """The group's committed offsets per partition (None: nothing committed), as the poller's
+    librdkafka consumer reads them (without joining the group)."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                                         "enable.auto.commit": False})
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or [])
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in partitions}
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        offsets = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in partitions],
+                                     timeout=10)
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in offsets}
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()
 
 
 SCHEDULED_FUNCTION = """\
