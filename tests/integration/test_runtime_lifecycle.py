@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from payfn_shared.registry import RegistryClient
 
 from tests.integration.registry_support import aws_endpoint, running_registry, wait_until
-from tests.integration.runtime_support import FIXTURE_TEMPLATE, running_host
+from tests.integration.runtime_support import FIXTURE_TEMPLATE, HostProcess, running_host
 
 HOT_TEMPLATE = """\
 AWSTemplateFormatVersion: "2010-09-09"
@@ -52,6 +52,12 @@ def invoke(client: Any, name: str) -> tuple[dict[str, Any], Any]:
     return response, json.loads(response["Payload"].read())
 
 
+def report_lines(host: HostProcess, response: dict[str, Any]) -> list[str]:
+    """The invocation's REPORT line, waited for: the host logs it after answering."""
+    request_id = response["ResponseMetadata"]["RequestId"]
+    return wait_until(lambda: [line for line in host.log_lines_for(request_id) if line.startswith("REPORT")])
+
+
 def test_code_change_is_picked_up_without_restart(tmp_path: Path) -> None:
     (tmp_path / "template.yaml").write_text(HOT_TEMPLATE)
     (tmp_path / "code").mkdir()
@@ -66,8 +72,7 @@ def test_code_change_is_picked_up_without_restart(tmp_path: Path) -> None:
         app.write_text(HOT_CODE.format(version=2))
         response, changed = wait_until(lambda: (r := invoke(client, "HotFunction"))[1]["version"] == 2 and r)
         assert changed["pid"] != first["pid"]
-        report = [line for line in host.log_lines_for(response["ResponseMetadata"]["RequestId"])
-                  if line.startswith("REPORT")]
+        report = report_lines(host, response)
         assert "Init Duration" in report[0]
         assert host.process.poll() is None
 
@@ -124,8 +129,7 @@ def test_prewarmed_environments_serve_the_first_request_warm(tmp_path: Path) -> 
         wait_until(lambda: host.get_json("/health")["functions"]["NoopFunction"]["environments"] == 2)
         response, body = invoke(host.lambda_client(), "NoopFunction")
         assert body == {"ok": True}
-        report = [line for line in host.log_lines_for(response["ResponseMetadata"]["RequestId"])
-                  if line.startswith("REPORT")]
+        report = report_lines(host, response)
         assert "Init Duration" not in report[0]
         # Both functions prewarm concurrently: the failing one may log after Noop is ready.
         wait_until(lambda: "MissingHandlerFunction: prewarm stopped" in host.log())
@@ -168,6 +172,5 @@ def test_idle_environments_are_reaped(tmp_path: Path) -> None:
         wait_until(lambda: host.get_json("/health")["functions"]["NoopFunction"]["environments"] == 0)
         response, body = invoke(host.lambda_client(), "NoopFunction")
         assert body == {"ok": True}
-        report = [line for line in host.log_lines_for(response["ResponseMetadata"]["RequestId"])
-                  if line.startswith("REPORT")]
+        report = report_lines(host, response)
         assert "Init Duration" in report[0]
