@@ -322,13 +322,18 @@ class FunctionPool:
                 self.busy.add(environment)
                 return environment, False
             await environment.kill()
-        if self.in_use >= self.limit or not self._may_initialise():
-            if queue_wait is not None and queue_wait <= 0:
+        over_limit = self.in_use >= self.limit
+        if over_limit or not self._may_initialise():
+            # Over the concurrency limit, a request is throttled after the queue wait,
+            # as on Lambda. Under it, held back only by the cap on cold starts, it is
+            # not over any limit: it waits as long as a cold start of its own may take.
+            wait = queue_wait if over_limit or queue_wait is None else self.init_timeout
+            if wait is not None and wait <= 0:
                 raise Throttled(self.definition.logical_id)
             loop = asyncio.get_running_loop()
             future: asyncio.Future[Environment | None] = loop.create_future()
             self.waiters.append(future)
-            timer = None if queue_wait is None else loop.call_later(queue_wait, _expire, future)
+            timer = None if wait is None else loop.call_later(wait, _expire, future)
             try:
                 handed = await future
             except asyncio.CancelledError:

@@ -45,8 +45,13 @@ def joined(ids: list[int]) -> str:
     return ",".join(str(i) for i in ids)
 
 
-def insert_rows(db: pymysql.connections.Connection, topic: str, keys: list[str], ids: list[int]) -> list[str]:
-    """Unpublished outbox rows (one per key, in order); returns their event ids."""
+def insert_rows(db: pymysql.connections.Connection, topic: str, keys: list[str], ids: list[int],
+                age_seconds: int = 10) -> list[str]:
+    """Unpublished outbox rows (one per key, in order); returns their event ids.
+
+    Rows younger than the stack's own relay's minimum age (3 s) are left to the
+    test's relay (``CONFIG`` has no minimum age); older ones may be taken by either.
+    """
     event_ids = []
     with db.cursor() as cursor:
         for key in keys:
@@ -54,8 +59,8 @@ def insert_rows(db: pymysql.connections.Connection, topic: str, keys: list[str],
             payload = {"eventId": event_id, "eventType": EVENT_AUTHORIZED, "paymentId": key}
             cursor.execute(
                 "INSERT INTO outbox_event (event_id, aggregate_id, event_type, topic, partition_key, payload,"
-                " created_at) VALUES (%s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(3) - INTERVAL 10 SECOND)",
-                (event_id, key, EVENT_AUTHORIZED, topic, key, json.dumps(payload)))
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(3) - INTERVAL %s SECOND)",
+                (event_id, key, EVENT_AUTHORIZED, topic, key, json.dumps(payload), age_seconds))
             ids.append(int(cursor.lastrowid))
             event_ids.append(event_id)
     return event_ids
@@ -137,7 +142,9 @@ def test_rows_of_one_key_are_published_in_id_order(
     topic = f"test.relay.{uuid.uuid4().hex[:10]}"
     ensure_topics(settings.kafka_bootstrap, 1, (topic,))
     key = str(uuid.uuid4())
-    event_ids = insert_rows(db, topic, [key, key, key], outbox_ids)
+    # Young rows: the stack's scheduled relay, if it runs, must not take one of them
+    # (SKIP LOCKED would hide it from this relay and the deferrals asserted below).
+    event_ids = insert_rows(db, topic, [key, key, key], outbox_ids, age_seconds=0)
     publisher = RelayPublisher(settings.kafka_bootstrap, config=PATIENT)
     try:
         report = OutboxRelay(Database(settings), publisher, CONFIG).run()

@@ -140,3 +140,18 @@ def test_a_waiter_cancelled_after_being_handed_a_cold_start_gives_it_back(
         assert pool.in_use == 0 and pool.initialising == 0
 
     asyncio.run(scenario())
+
+
+def test_held_back_by_the_cold_start_cap_is_not_throttled_by_the_queue_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: with a 100 ms queue wait, requests behind a 1 s cold start got 429
+    although the function was far below its concurrency limit (the load smoke saw 4)."""
+
+    async def scenario() -> list[bool]:
+        pool = _gated_pool(monkeypatch, limit=8, max_initialising=1)
+        tasks = [asyncio.create_task(pool.acquire(queue_wait=0.01)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        GatedEnvironment.gate.set()
+        return [cold for _, cold in await asyncio.gather(*tasks)]
+
+    assert asyncio.run(scenario()) == [True] * 3
