@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import (
@@ -52,6 +51,8 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+
+from infra.eventsource.sources import KafkaRecord
 
 log = logging.getLogger("payfn.eventsource")
 
@@ -70,29 +71,12 @@ COMMIT_REFUSED = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedRecord:
-    """A fetched record, with what Lambda's Kafka event needs (``sources.KafkaRecord``).
-
-    ``timestamp_type`` is Kafka's record attribute (0 create time, 1 log-append time),
-    not librdkafka's enum, so the event shape does not depend on the client library.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    timestamp_type: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-
-    @classmethod
-    def from_message(cls, message: Message) -> ConsumedRecord:
-        kind, timestamp = message.timestamp()
-        return cls(message.topic(), message.partition(), message.offset(), timestamp,
-                   1 if kind == TIMESTAMP_LOG_APPEND_TIME else 0, message.key(), message.value(),
-                   tuple(message.headers() or ()))
+def record_from_message(message: Message) -> KafkaRecord:
+    """librdkafka's message as the event-source record (its timestamp kind as Kafka's attribute)."""
+    kind, timestamp = message.timestamp()
+    return KafkaRecord(message.topic(), message.partition(), message.offset(), timestamp,
+                       1 if kind == TIMESTAMP_LOG_APPEND_TIME else 0, message.key(), message.value(),
+                       tuple(message.headers() or ()))
 
 
 class ReaderListener(Protocol):
@@ -127,7 +111,7 @@ class GroupReader:
 
     # -- reading -------------------------------------------------------------------------
 
-    def fetch(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
+    def fetch(self, max_records: int, timeout: float) -> list[KafkaRecord]:
         """Up to ``max_records`` as soon as some are there, or none after about ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -154,7 +138,7 @@ class GroupReader:
             if time.monotonic() >= deadline:
                 return []
 
-    def _poll(self, max_records: int, timeout: float) -> list[ConsumedRecord]:
+    def _poll(self, max_records: int, timeout: float) -> list[KafkaRecord]:
         """What librdkafka has, waiting at most ``timeout`` for the first record or event."""
         first = self.consumer.poll(timeout)
         if first is None:
@@ -162,13 +146,13 @@ class GroupReader:
         messages = [first]
         if max_records > 1:
             messages.extend(self.consumer.consume(max_records - 1, 0))
-        records: list[ConsumedRecord] = []
+        records: list[KafkaRecord] = []
         refused: list[TopicKey] = []
         for message in messages:
             error = message.error()
             key = (message.topic(), message.partition())
             if error is None:
-                record = ConsumedRecord.from_message(message)
+                record = record_from_message(message)
                 records.append(record)
                 self.positions[key] = record.offset + 1
                 self._at_end.discard(key)

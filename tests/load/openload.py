@@ -25,66 +25,16 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import uvloop
 
 from infra.drills.client import Answer, ClientLedger
+from tests.load.rawload import Connection
 
 #: (seconds, target rate at the end of the stage): the rate moves linearly across a stage.
 Stage = tuple[float, float]
-
-
-class _HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection with at most one request in flight."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 or self.waiter is None:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        marker = head.find(b"\r\ncontent-length:")
-        length = 0
-        if marker >= 0:
-            stop = head.find(b"\r\n", marker + 2)
-            length = int(head[marker + 17: stop if stop > 0 else len(head)])
-        if len(self.buffer) < end + 4 + length:
-            return
-        status = int(self.buffer[9:12])
-        body = bytes(self.buffer[end + 4: end + 4 + length])
-        del self.buffer[: end + 4 + length]
-        if b"\r\nconnection: close" in head:
-            self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if not waiter.done():  # a request that timed out has a cancelled waiter
-            waiter.set_result((status, body))
-
-    async def send(self, request: bytes, timeout: float) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await asyncio.wait_for(self.waiter, timeout)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def _post(host: str, path: str, body: dict[str, Any]) -> bytes:
@@ -135,13 +85,13 @@ class OpenLoad:
         self.timeout = timeout
         self.merchants = [f"{merchant_prefix}{index:04d}" for index in range(merchants)]
         self.ledger = ClientLedger()
-        self._idle: list[_HttpConnection] = []
+        self._idle: list[Connection] = []
         self._open = 0
         self._counter = 0
         self._run_id = uuid.uuid4().hex[:10]
         self._started = time.monotonic()
 
-    async def _connection(self) -> _HttpConnection | None:
+    async def _connection(self) -> Connection | None:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
@@ -151,25 +101,25 @@ class OpenLoad:
             return None
         self._open += 1
         try:
-            _, protocol = await asyncio.get_running_loop().create_connection(_HttpConnection, self.host,
+            _, protocol = await asyncio.get_running_loop().create_connection(Connection, self.host,
                                                                              self.port)
         except OSError:
             self._open -= 1
             raise
         return protocol
 
-    def _release(self, connection: _HttpConnection, healthy: bool) -> None:
+    def _release(self, connection: Connection, healthy: bool) -> None:
         if healthy and not connection.closed:
             self._idle.append(connection)
         else:
             connection.close()
             self._open -= 1
 
-    async def _call(self, result: LoadResult, connection: _HttpConnection, operation: str,
+    async def _call(self, result: LoadResult, connection: Connection, operation: str,
                     request: bytes) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
         try:
-            status, raw = await connection.send(request, self.timeout)
+            status, raw = await connection.exchange(request, self.timeout)
         except (TimeoutError, ConnectionError, OSError):
             connection.closed = True
             status, raw = 599, b"{}"

@@ -25,8 +25,8 @@ from confluent_kafka import (
 )
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
-from infra.eventsource.reader import ConsumedRecord, GroupReader, TopicKey
-from infra.eventsource.sources import KafkaSource, lambda_kafka_event
+from infra.eventsource.reader import GroupReader, TopicKey, record_from_message
+from infra.eventsource.sources import KafkaRecord, KafkaSource, lambda_kafka_event
 
 TOPIC = "payment.captured"
 IDLE = (0.001, 0.004)
@@ -220,7 +220,7 @@ class Buffer:
     """Stands in for the poller as the reader's listener: records handed out, not yet delivered."""
 
     def __init__(self) -> None:
-        self.records: list[ConsumedRecord] = []
+        self.records: list[KafkaRecord] = []
         self.revoked_partitions: list[TopicKey] = []
 
     def release(self, partitions: Collection[TopicKey]) -> dict[TopicKey, int]:
@@ -244,8 +244,8 @@ def reader(consumer: FakeConsumer, position: str = "TRIM_HORIZON",
     return GroupReader(consumer, [TOPIC], position, listener or Buffer(), IDLE, "F.E")  # type: ignore[arg-type]
 
 
-def read_until_paused(group: GroupReader, limit: int = 50) -> list[ConsumedRecord]:
-    records: list[ConsumedRecord] = []
+def read_until_paused(group: GroupReader, limit: int = 50) -> list[KafkaRecord]:
+    records: list[KafkaRecord] = []
     for _ in range(limit):
         records.extend(group.fetch(100, 0.01))
         if group.paused:
@@ -282,7 +282,7 @@ def test_new_records_resume_at_the_position_and_reset_the_idle_backoff() -> None
     read_until_paused(group)
     group.fetch(100, 0.01)
     consumer.logs[(TOPIC, 1)].extend([b"late-1", b"late-2"])
-    records: list[ConsumedRecord] = []
+    records: list[KafkaRecord] = []
     for _ in range(50):
         records = group.fetch(100, 0.01)
         if records:
@@ -301,7 +301,7 @@ def test_records_fetched_while_pausing_are_read_again_after_the_resume() -> None
     consumer.logs[(TOPIC, 0)].append(b"raced")
     consumer._fetch()
     consumer.pause([TopicPartition(TOPIC, 0)])  # …and the pause drops it
-    records: list[ConsumedRecord] = []
+    records: list[KafkaRecord] = []
     for _ in range(50):
         records = group.fetch(100, 0.01)
         if records:
@@ -376,7 +376,7 @@ def test_consumed_records_make_lambdas_event_byte_for_byte() -> None:
     message = FakeMessage(TOPIC, 1, 15, b'{"key":"value"}', key_=b"pay-1",
                           timestamp_=(TIMESTAMP_LOG_APPEND_TIME, 1545084650987),
                           headers_=[("eventId", b"ev"), ("empty", None)])
-    record = ConsumedRecord.from_message(message)  # type: ignore[arg-type]
+    record = record_from_message(message)  # type: ignore[arg-type]
     source = KafkaSource(
         function="F", event_name="E", service="S", kind="SelfManagedKafka", topics=(TOPIC,), group_id="g",
         bootstrap_servers=("b1:9092",), batch_size=100, batching_window_seconds=0,
@@ -387,7 +387,7 @@ def test_consumed_records_make_lambdas_event_byte_for_byte() -> None:
         "timestampType": "LOG_APPEND_TIME", "key": base64.b64encode(b"pay-1").decode(),
         "value": "eyJrZXkiOiJ2YWx1ZSJ9", "headers": [{"eventId": [101, 118]}, {"empty": []}],
     }]}
-    no_headers = ConsumedRecord.from_message(FakeMessage(TOPIC, 0, 1, None, key_=None))  # type: ignore[arg-type]
+    no_headers = record_from_message(FakeMessage(TOPIC, 0, 1, None, key_=None))  # type: ignore[arg-type]
     assert (no_headers.timestamp_type, no_headers.headers, no_headers.value) == (0, (), None)
 
 
@@ -452,7 +452,7 @@ def test_a_refused_offset_whose_event_a_pause_dropped_is_restarted_on_resume() -
     read_until_paused(group)
     consumer.stopped.add((TOPIC, 0))  # stopped by an offset error whose event the pause purged
     consumer.logs[(TOPIC, 0)].append(b"next")
-    records: list[ConsumedRecord] = []
+    records: list[KafkaRecord] = []
     for _ in range(50):
         records = group.fetch(100, 0.01)
         if records:
