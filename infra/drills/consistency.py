@@ -101,6 +101,20 @@ def expand_in(query: str, marks: str) -> str:
     return query.replace("$", marks)
 
 
+def select_in(settings: Settings, query: str, values: Sequence[str],
+              leading: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+    """One read on a connection of its own: ``query``'s ``IN ($)`` list holds ``values``,
+    after the ``leading`` parameters of any placeholders before it."""
+    connection = connect(settings)
+    try:
+        marks, params = in_list(values)
+        with connection.cursor() as cursor:
+            cursor.execute(expand_in(query, marks), (*leading, *params))
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
 def flow_state(connection: pymysql.connections.Connection, merchants: Sequence[str]) -> FlowState:
     marks, params = in_list(merchants)
     with connection.cursor() as cursor:
@@ -237,17 +251,11 @@ def describe_outbox_rows(settings: Settings, event_ids: Sequence[str]) -> str:
     """What the database knows of some events (when written, when marked published, how often
     tried, whether a consumer applied them): enough to tell, from a failed run's report alone,
     a publish that was never acknowledged from one the broker acknowledged and then lost."""
-    connection = connect(settings)
-    try:
-        marks, params = in_list(event_ids)
-        with connection.cursor() as cursor:
-            cursor.execute(expand_in(
-                "SELECT o.id, o.event_id, o.topic, o.created_at, o.published_at, o.attempts, o.last_error,"
-                " (SELECT COUNT(*) FROM processed_event pe WHERE pe.event_id = o.event_id) AS applied"
-                " FROM outbox_event o WHERE o.event_id IN ($)", marks), params)
-            rows = cursor.fetchall()
-    finally:
-        connection.close()
+    rows = select_in(
+        settings,
+        "SELECT o.id, o.event_id, o.topic, o.created_at, o.published_at, o.attempts, o.last_error,"
+        " (SELECT COUNT(*) FROM processed_event pe WHERE pe.event_id = o.event_id) AS applied"
+        " FROM outbox_event o WHERE o.event_id IN ($)", event_ids)
     return "; ".join(f"outbox {r['id']} {r['event_id']} {r['topic']} created {r['created_at']}"
                      f" published {r['published_at']} attempts {r['attempts']} last error {r['last_error']!r}"
                      f" applied by {r['applied']} consumer(s)" for r in rows)

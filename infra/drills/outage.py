@@ -64,6 +64,7 @@ from infra.drills.consistency import (
     consumer_lag,
     expand_in,
     in_list,
+    select_in,
 )
 from infra.drills.report import DrillFailed
 from infra.drills.scenarios import (
@@ -337,18 +338,12 @@ def warm_flows(drill: Drill, merchants: Sequence[str]) -> None:
 
 def outbox_backlog(drill: Drill, merchants: Sequence[str], up_to_id: int | None = None) -> tuple[int, int]:
     """(unpublished outbox rows of these merchants [with id ≤ ``up_to_id``], their highest outbox id)."""
-    connection = connect(drill.target.settings)
-    try:
-        marks, params = in_list(merchants)
-        with connection.cursor() as cursor:
-            cursor.execute(expand_in(
-                "SELECT COALESCE(SUM(o.published_at IS NULL AND o.id <= %s), 0) AS waiting,"
-                " COALESCE(MAX(o.id), 0) AS last FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
-                " WHERE p.merchant_id IN ($)", marks), (up_to_id if up_to_id is not None else 2**62, *params))
-            row = cursor.fetchone()
-            return int(row["waiting"]), int(row["last"])
-    finally:
-        connection.close()
+    row, = select_in(
+        drill.target.settings,
+        "SELECT COALESCE(SUM(o.published_at IS NULL AND o.id <= %s), 0) AS waiting,"
+        " COALESCE(MAX(o.id), 0) AS last FROM outbox_event o JOIN payment p ON p.id = o.aggregate_id"
+        " WHERE p.merchant_id IN ($)", merchants, (up_to_id if up_to_id is not None else 2**62,))
+    return int(row["waiting"]), int(row["last"])
 
 
 #: Each count issue #5 names: SQL over the run's merchants (``IN ($)``) and its extra parameters.

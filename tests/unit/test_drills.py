@@ -11,7 +11,7 @@ import pytest
 from infra.drills.client import Answer, ClientLedger
 from infra.drills.consistency import FlowState
 from infra.drills.report import DrillFailed, Report
-from tests.load.openload import _HttpConnection
+from tests.load.rawload import Connection
 
 
 def test_report_stops_at_the_first_failed_check_and_counts_only_checks() -> None:
@@ -59,7 +59,7 @@ def test_flow_state_expects_one_event_per_transition_and_each_consumer_once() ->
 
 def test_http_connection_reads_split_responses_in_order() -> None:
     async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
-        connection = _HttpConnection()
+        connection = Connection()
         first = asyncio.ensure_future(_wait(connection))
         await asyncio.sleep(0)
         connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Len")
@@ -75,6 +75,6 @@ def test_http_connection_reads_split_responses_in_order() -> None:
     assert two == (503, b"{}")
 
 
-async def _wait(connection: _HttpConnection) -> tuple[int, bytes]:
+async def _wait(connection: Connection) -> tuple[int, bytes]:
     connection.waiter = asyncio.get_running_loop().create_future()
     return await connection.waiter
