@@ -24,6 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from infra.eventsource import reader as reader_module
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.reader import GroupReader, TopicKey, record_from_message
 from infra.eventsource.sources import KafkaRecord, KafkaSource, lambda_kafka_event
@@ -467,3 +468,27 @@ def test_an_offset_outside_the_log_starts_as_the_starting_position_says() -> Non
         consumer.refuse_fetch = {(TOPIC, 0)}
         group = reader(consumer, position=position)
         assert [r.offset for r in read_until_paused(group)] == expected
+
+
+class StaleProbeConsumer(FakeConsumer):
+    """A broker whose latest-offsets answer never moves (what two groups of one topic
+    seemed to get in a CI run: both stayed paused while the topic's events piled up)."""
+
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.calls.append("latest")
+        return [TopicPartition(tp.topic, tp.partition, 0) for tp in partitions]
+
+
+def test_a_probe_that_answers_wrong_delays_records_but_never_stalls_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "MAX_PAUSED_SECONDS", 0.05)
+    consumer = StaleProbeConsumer({(TOPIC, 0): [], (TOPIC, 1): []})
+    group = reader(consumer)
+    read_until_paused(group)
+    consumer.logs[(TOPIC, 0)].extend([b"a", b"b"])
+    records: list[KafkaRecord] = []
+    deadline = time.monotonic() + 5
+    while not records and time.monotonic() < deadline:
+        records = group.fetch(100, 0.01)
+    assert [(r.partition, r.offset) for r in records] == [(0, 0), (0, 1)]
+
