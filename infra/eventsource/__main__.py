@@ -7,7 +7,7 @@ Command (the supervisor runs one or more, each with its own ``--instance``)::
 
 - One poller thread per ``SelfManagedKafka`` / ``MSK`` event (``infra.eventsource.poller``).
 - ``--instance`` names this poller in every consumer group (static membership:
-  ``group.instance.id = <group>.<instance>``). It must be stable across restarts
+  ``group_instance_id = <group>.<instance>``). It must be stable across restarts
   and unique among the pollers running at once (two pollers with one instance
   name fence each other out of the group).
 - ``GET /metrics`` (``payfn_consumer_lag``,
@@ -29,10 +29,11 @@ from types import FrameType
 from typing import Any
 
 import prometheus_client
+from kafka import KafkaProducer
 from payfn_shared.config import ConfigError, load_dataclass, load_settings
 from payfn_shared.registry import RegistryClient
 
-from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics, dlq_producer
+from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
 from infra.invoke import ServiceInvoker
 from infra.runtime.functions import template_parameters
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prometheus_client.disable_created_metrics()
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python warns whenever its network thread was starved of CPU for 0.1 s: noise
+    # on a small, busy machine, and nothing the poller could act on.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     settings = load_settings()
     try:
         config: PollerConfig = load_dataclass(PollerConfig)
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         sources = [s for s in sources if s.function in wanted]
     registry = RegistryClient(args.registry_url or settings.registry_url)
     invokers: dict[str, ServiceInvoker] = {}
-    producer = dlq_producer(settings.kafka_bootstrap, args.instance)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","),
+                             client_id=f"payfn-poller-dlq-{args.instance}", acks="all",
+                             enable_idempotence=True, linger_ms=0)
     metrics = PollerMetrics()
     pollers = [
         KafkaPoller(source, args.instance, invokers.setdefault(source.service, ServiceInvoker(registry,
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping")
     for poller in pollers:
         poller.stop()
-    producer.flush(5)
+    producer.close(timeout=5)
     if lease is not None:
         lease.stop()
     server.stop()

@@ -1,12 +1,9 @@
 """One Kafka event-source mapping run locally: poll, invoke, retry, dead-letter, commit.
 
-Lambda's Kafka semantics, with only the Kafka protocol (any Kafka, Redpanda, MSK),
-read through librdkafka (confluent-kafka; the consumer side is
-``infra.eventsource.reader``, which also pauses caught-up partitions because the
-local broker does not long-poll):
+Lambda's Kafka semantics, with only the Kafka protocol (any Kafka, Redpanda, MSK):
 
 - A consumer group per mapping (``ConsumerGroupId``) with STATIC membership
-  (``group.instance.id`` = group + poller instance): a restarted poller takes its
+  (``group_instance_id`` = group + poller instance): a restarted poller takes its
   partitions back at once, and a poller that died without closing does not leave
   its group blocked on brokers that wait for the dead member.
 - Batches of up to ``BatchSize`` records, gathered for at most
@@ -41,42 +38,33 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
 from payfn_shared.config import ConfigError
 from payfn_shared.events import iso_millis
 from payfn_shared.topics import PAYMENT_DLQ
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infra.eventsource.reader import GroupReader, TopicKey
 from infra.eventsource.sources import KafkaRecord, KafkaSource, group_instance_id, lambda_kafka_event
 from infra.invoke import InvokeResult, InvokeUnavailable, ServiceInvoker
 
 log = logging.getLogger("payfn.eventsource")
-
-#: librdkafka's own log lines (served by the consumer's poll), under the poller's logger.
-KAFKA_LOG = logging.getLogger("payfn.eventsource.kafka")
 
 
 @dataclass(frozen=True)
 class PollerConfig:
     """Knobs of the poller (env ``PAYFN_EVENTSOURCE_*``); times in milliseconds unless named.
 
-    ``eventsource_idle_backoff_*_ms``: how long a caught-up consumer waits, with its
-    partitions paused, before it looks for new records; doubling from the initial to
-    the max while nothing comes, back to the initial once records flow. The local
-    broker does not long-poll (an empty Fetch returns at once), so without this a
-    consumer with nothing to read re-fetches without pause and burns CPU in the
-    poller and the broker; see ``infra.eventsource.reader``. The max bounds the
-    latency the first record after an idle spell pays; under load there is no backoff.
-
-    ``eventsource_check_crcs`` (librdkafka's ``check.crcs``) is off, librdkafka's
-    default: TCP already checksums the transfer, the CRC guards against broker-side
-    corruption at a CPU cost per record.
+    ``eventsource_check_crcs`` is off by default, as in librdkafka: kafka-python
+    verifies record CRCs in pure Python unless the ``crc32c`` C extension is
+    installed, which made fetching 5x slower than everything else the poller does
+    (TCP already checksums the transfer; the CRC guards against broker-side corruption).
     """
 
     eventsource_max_retries: int = 2
@@ -88,8 +76,6 @@ class PollerConfig:
     eventsource_max_poll_interval_ms: int = 900000
     eventsource_invoke_margin_seconds: float = 5.0
     eventsource_check_crcs: bool = False
-    eventsource_idle_backoff_initial_ms: int = 5
-    eventsource_idle_backoff_max_ms: int = 50
 
     def validate(self) -> None:
         if self.eventsource_max_retries < 0:
@@ -97,39 +83,12 @@ class PollerConfig:
         if not 1 <= self.eventsource_backoff_initial_ms <= self.eventsource_backoff_max_ms:
             raise ConfigError("PAYFN_EVENTSOURCE_BACKOFF_INITIAL_MS must be >= 1 and <= "
                               "PAYFN_EVENTSOURCE_BACKOFF_MAX_MS")
-        if not 1 <= self.eventsource_idle_backoff_initial_ms <= self.eventsource_idle_backoff_max_ms:
-            raise ConfigError("PAYFN_EVENTSOURCE_IDLE_BACKOFF_INITIAL_MS must be >= 1 and <= "
-                              "PAYFN_EVENTSOURCE_IDLE_BACKOFF_MAX_MS")
         if not self.eventsource_dlq_topic:
             raise ConfigError("PAYFN_EVENTSOURCE_DLQ_TOPIC must not be empty")
 
     @property
     def dependency_error_types(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.eventsource_dependency_error_types.split(",") if t.strip())
-
-    @property
-    def idle_backoff(self) -> tuple[float, float]:
-        """(initial, max) idle backoff in seconds."""
-        return (self.eventsource_idle_backoff_initial_ms / 1000.0,
-                self.eventsource_idle_backoff_max_ms / 1000.0)
-
-
-#: librdkafka's reconnect backoff cap (its default is 10 s): after a restart of the local
-#: broker (drills, ``payfn up``) the poller reads again within about a second, not ten;
-#: the backoff still grows to this cap while the broker stays down.
-RECONNECT_BACKOFF_MAX_MS = 1000
-
-
-def dlq_producer(bootstrap_servers: str, instance: str) -> Producer:
-    """The DLQ's producer: idempotent, acks from all replicas, a final delivery report within 10 s.
-
-    ``message.timeout.ms`` bounds how long a dead-letter write waits for its report,
-    so a write is retried only after librdkafka has given up on it (no duplicate
-    from a retry racing the original).
-    """
-    return Producer({"bootstrap.servers": bootstrap_servers, "client.id": f"payfn-poller-dlq-{instance}",
-                     "acks": "all", "enable.idempotence": True, "linger.ms": 0, "message.timeout.ms": 10000,
-                     "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS})
 
 
 class PollerMetrics:
@@ -190,12 +149,42 @@ def dlq_payload(record: KafkaRecord, error_type: str, error_message: str) -> byt
     }, separators=(",", ":")).encode()
 
 
+class _Rebalances(ConsumerRebalanceListener):
+    """Keep the records gathered but not yet delivered consistent across a rebalance.
+
+    The consumer's fetch position is already past them, so dropping them alone would
+    lose them: on every (re)assignment they are dropped AND the partitions we keep
+    are rewound to the first dropped offset, so they are fetched again (partitions
+    that moved away are read by their new owner from the last commit).
+    """
+
+    def __init__(self, poller: KafkaPoller, consumer: KafkaConsumer) -> None:
+        self.poller = poller
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self.poller.forget_lag(tp)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        first_buffered: dict[TopicPartition, int] = {}
+        for record in self.poller.buffer:
+            tp = TopicPartition(record.topic, record.partition)
+            first_buffered[tp] = min(record.offset, first_buffered.get(tp, record.offset))
+        self.poller.buffer = []
+        for tp in assigned:
+            if tp in first_buffered:
+                self.consumer.seek(tp, first_buffered[tp])
+        log.info("%s: assigned %s", self.poller.source.name,
+                 sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
 class KafkaPoller:
     """Runs one mapping in its own thread until :meth:`stop`."""
 
-    def __init__(self, source: KafkaSource, instance: str, invoker: ServiceInvoker, producer: Producer,
+    def __init__(self, source: KafkaSource, instance: str, invoker: ServiceInvoker, producer: KafkaProducer,
                  metrics: PollerMetrics, config: PollerConfig,
-                 consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer) -> None:
+                 consumer_factory: Callable[..., KafkaConsumer] = KafkaConsumer) -> None:
         self.source = source
         self.instance = instance
         self.invoker = invoker
@@ -211,8 +200,8 @@ class KafkaPoller:
         self.batches = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"poller-{source.name}", daemon=True)
-        self._reader: GroupReader | None = None
-        self._lag_partitions: set[TopicKey] = set()
+        self._consumer: KafkaConsumer | None = None
+        self._lag_partitions: set[TopicPartition] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -227,72 +216,46 @@ class KafkaPoller:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def consumer_config(self) -> dict[str, Any]:
-        """librdkafka settings of this mapping's consumer.
-
-        - Static membership (``group.instance.id``): a restarted poller takes its
-          partitions back at once, and a killed one does not block its group.
-        - Offsets are committed by the poller only (``enable.auto.commit`` off).
-        - The reader decides where to start (StartingPosition) and what an
-          out-of-range offset means (``auto.offset.reset=error``, see
-          ``GroupReader._out_of_range``). After such an error librdkafka waits
-          ``fetch.error.backoff.ms`` before fetching the partition again: its default
-          500 ms would be the latency of every record behind it, 20 ms is enough for
-          the broker to finish the append that caused it.
-        - Partition EOF events tell the reader it has caught up (then it pauses, see
-          ``infra.eventsource.reader``).
-        - Reconnects back off to at most :data:`RECONNECT_BACKOFF_MAX_MS`.
-        - The prefetch is capped far below librdkafka's 64 MB default: one process
-          runs a consumer per mapping, and a batch never needs more than a few
-          BatchSizes ahead.
-        """
-        session = self.config.eventsource_session_timeout_ms
-        return {
-            "bootstrap.servers": ",".join(self.source.bootstrap_servers),
-            "group.id": self.source.group_id,
-            "group.instance.id": group_instance_id(self.source, self.instance),
-            "client.id": self.client_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "error",
-            "enable.partition.eof": True,
-            "session.timeout.ms": session,
-            "heartbeat.interval.ms": max(session // 3, 100),
-            "max.poll.interval.ms": self.config.eventsource_max_poll_interval_ms,
-            "fetch.wait.max.ms": 100,
-            "fetch.error.backoff.ms": 20,
-            "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
-            "check.crcs": self.config.eventsource_check_crcs,
-            "queued.min.messages": max(4 * self.source.batch_size, 1000),
-            "queued.max.messages.kbytes": 16384,
-            "logger": KAFKA_LOG,
-        }
-
-    def _new_reader(self) -> GroupReader:
-        return GroupReader(self.consumer_factory(self.consumer_config()), self.source.topics,
-                           self.source.starting_position, self, self.config.idle_backoff, self.source.name)
+    def _new_consumer(self) -> KafkaConsumer:
+        consumer = self.consumer_factory(
+            bootstrap_servers=list(self.source.bootstrap_servers),
+            group_id=self.source.group_id,
+            group_instance_id=group_instance_id(self.source, self.instance),
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if self.source.starting_position == "TRIM_HORIZON" else "latest",
+            max_poll_records=self.source.batch_size,
+            session_timeout_ms=self.config.eventsource_session_timeout_ms,
+            heartbeat_interval_ms=max(self.config.eventsource_session_timeout_ms // 3, 100),
+            max_poll_interval_ms=self.config.eventsource_max_poll_interval_ms,
+            fetch_max_wait_ms=100,
+            check_crcs=self.config.eventsource_check_crcs,
+        )
+        consumer.subscribe(list(self.source.topics), listener=_Rebalances(self, consumer))
+        return consumer
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._reader = self._new_reader()
-                self._consume(self._reader)
+                self._consumer = self._new_consumer()
+                self._consume(self._consumer)
             except Stopped:
                 break
-            except (KafkaException, OSError) as exc:
+            except (KafkaError, OSError) as exc:
                 log.warning("%s: Kafka error (%s); reconnecting", self.source.name, exc)
                 self._sleep(1.0)
             except Exception:
                 log.exception("%s: unexpected poller failure; restarting the consumer", self.source.name)
                 self._sleep(1.0)
             finally:
-                self._close_reader()
+                self._close_consumer()
 
-    def _close_reader(self) -> None:
-        reader, self._reader = self._reader, None
+    def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
         self.buffer = []
-        if reader is not None:
+        if consumer is not None:
             try:
-                reader.close()
+                consumer.close(autocommit=False)
             except Exception:  # a broken connection may fail to close: it is dropped anyway
                 log.debug("closing the consumer failed", exc_info=True)
 
@@ -300,51 +263,28 @@ class KafkaPoller:
         if self._stop.wait(seconds):
             raise Stopped
 
-    # -- the reader's rebalance listener ---------------------------------------------------
-
-    def release(self, partitions: Collection[TopicKey]) -> dict[TopicKey, int]:
-        """Drop the buffered records of ``partitions``; the first dropped offset of each."""
-        wanted = set(partitions)
-        first: dict[TopicKey, int] = {}
-        kept: list[KafkaRecord] = []
-        for record in self.buffer:
-            key = (record.topic, record.partition)
-            if key in wanted:
-                first[key] = min(record.offset, first.get(key, record.offset))
-            else:
-                kept.append(record)
-        self.buffer = kept
-        return first
-
-    def revoked(self, partitions: Collection[TopicKey]) -> None:
-        for key in partitions:
-            self.forget_lag(key)
-
     # -- the loop ----------------------------------------------------------------------
 
-    def _consume(self, reader: GroupReader) -> None:
+    def _consume(self, consumer: KafkaConsumer) -> None:
         while not self._stop.is_set():
-            batch = self._gather(reader)
-            self._update_lag(reader)
+            batch = self._gather(consumer)
+            self._update_lag(consumer)
             if not batch:
                 continue
             self.deliver(batch)
-            self._commit(reader, batch)
+            self._commit(consumer, batch)
             self.batches += 1
-            self._update_lag(reader)
+            self._update_lag(consumer)
 
-    def _gather(self, reader: GroupReader) -> list[KafkaRecord]:
+    def _gather(self, consumer: KafkaConsumer) -> list[KafkaRecord]:
         """Up to BatchSize records, waiting at most the batching window once some have arrived."""
         deadline = None
         while len(self.buffer) < self.source.batch_size and not self._stop.is_set():
-            wait = 0.2 if deadline is None else max(deadline - time.monotonic(), 0.0)
-            records = reader.fetch(self.source.batch_size - len(self.buffer), wait)
-            by_topic: dict[str, int] = {}
-            for record in records:
-                by_topic[record.topic] = by_topic.get(record.topic, 0) + 1
-            for topic, count in by_topic.items():
-                self.metrics.consumed.labels(self.application, self.client_id, topic).inc(count)
-            self.buffer.extend(records)
+            wait_ms = 200 if deadline is None else int(max(deadline - time.monotonic(), 0) * 1000)
+            polled = consumer.poll(timeout_ms=wait_ms, max_records=self.source.batch_size - len(self.buffer))
+            for tp, records in polled.items():
+                self.metrics.consumed.labels(self.application, self.client_id, tp.topic).inc(len(records))
+                self.buffer.extend(records)
             if not self.buffer:
                 return []
             if deadline is None:
@@ -354,28 +294,44 @@ class KafkaPoller:
         batch, self.buffer = self.buffer[: self.source.batch_size], self.buffer[self.source.batch_size:]
         return batch
 
-    def _commit(self, reader: GroupReader, batch: Sequence[KafkaRecord]) -> None:
-        offsets: dict[TopicKey, int] = {}
+    def _commit(self, consumer: KafkaConsumer, batch: Sequence[KafkaRecord]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for record in batch:
-            key = (record.topic, record.partition)
-            offsets[key] = max(record.offset + 1, offsets.get(key, 0))
-        for topic, partition in reader.commit(offsets):
-            count = sum(1 for r in batch if r.topic == topic and r.partition == partition)
-            self.metrics.committed.labels(self.source.group_id, topic).inc(count)
+            tp = TopicPartition(record.topic, record.partition)
+            current = offsets.get(tp)
+            if current is None or record.offset + 1 > current.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The partitions moved to another member meanwhile: it reads them again from
+            # the last commit, and the consumers' idempotency absorbs the repeat.
+            log.warning("%s: commit refused after a rebalance (%s)", self.source.name, exc)
+            return
+        for tp in offsets:
+            count = sum(1 for r in batch if r.topic == tp.topic and r.partition == tp.partition)
+            self.metrics.committed.labels(self.source.group_id, tp.topic).inc(count)
 
-    def _update_lag(self, reader: GroupReader) -> None:
-        buffered: dict[TopicKey, int] = {}
-        for record in self.buffer:
-            key = (record.topic, record.partition)
-            buffered[key] = buffered.get(key, 0) + 1
-        for (topic, partition), lag in reader.lag(buffered).items():
-            self.metrics.lag.labels(self.source.group_id, topic, str(partition)).set(lag)
-            self._lag_partitions.add((topic, partition))
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is None:
+                continue
+            buffered = sum(1 for r in self.buffer if r.topic == tp.topic and r.partition == tp.partition)
+            self.metrics.lag.labels(self.source.group_id, tp.topic, str(tp.partition)).set(
+                max(highwater - position + buffered, 0))
+            self._lag_partitions.add(tp)
 
-    def forget_lag(self, key: TopicKey) -> None:
-        if key in self._lag_partitions:
-            self._lag_partitions.discard(key)
-            self.metrics.lag.remove(self.source.group_id, key[0], str(key[1]))
+    def forget_lag(self, tp: TopicPartition) -> None:
+        if tp in self._lag_partitions:
+            self._lag_partitions.discard(tp)
+            self.metrics.lag.remove(self.source.group_id, tp.topic, str(tp.partition))
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -476,32 +432,14 @@ class KafkaPoller:
         value = dlq_payload(record, error_type, error_message)
         attempt = 0
         while True:
-            error = self._produce(self.config.eventsource_dlq_topic, record.key, value, headers)
-            if error is None:
+            try:
+                self.producer.send(self.config.eventsource_dlq_topic, key=record.key, value=value,
+                                   headers=headers).get(timeout=10)
                 break
-            attempt += 1
-            log.warning("%s: DLQ write failed (%s); retrying", self.source.name, error)
-            self._backoff(min(attempt, 6))
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("%s: DLQ write failed (%s); retrying", self.source.name, exc)
+                self._backoff(min(attempt, 6))
         log.warning("%s: %s-%s@%s dead-lettered (%s: %s)", self.source.name, record.topic, record.partition,
                     record.offset, error_type, error_message)
         self.metrics.dead_lettered.labels(self.source.function, record.topic, error_type).inc()
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes | None]]) -> str | None:
-        """Send one record and wait for its delivery report: None once acked, else the error.
-
-        The report always comes (``message.timeout.ms``, see :func:`dlq_producer`).
-        Pollers share the producer, so another thread's poll may serve this report.
-        """
-        reports: list[KafkaError | None] = []
-
-        def delivered(error: KafkaError | None, message: Message) -> None:
-            reports.append(error)
-
-        try:
-            self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
-            return str(exc)
-        while not reports:
-            self.producer.poll(0.1)
-        return None if reports[0] is None else reports[0].str()

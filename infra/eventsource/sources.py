@@ -17,7 +17,7 @@ import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from infra.template import Template, TemplateError
 
@@ -27,13 +27,8 @@ TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """A consumed record, with what Lambda's Kafka event needs.
-
-    ``timestamp_type`` is Kafka's record attribute (0 create time, 1 log-append time),
-    not a client library's enum, so the event shape does not depend on the client.
-    """
+class KafkaRecord(Protocol):
+    """What the event needs of a consumed record (kafka-python's ``ConsumerRecord`` has it)."""
 
     topic: str
     partition: int
@@ -42,7 +37,7 @@ class KafkaRecord:
     timestamp_type: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
+    headers: Sequence[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from confluent_kafka import KafkaError
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import KafkaSource
@@ -27,7 +24,7 @@ class Record:
     key: bytes | None = b"k"
     timestamp: int = 0
     timestamp_type: int = 0
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class FakeFunction:
@@ -56,24 +53,15 @@ class FakeFunction:
 
 
 class FakeProducer:
-    """confluent-kafka's Producer as the DLQ writer uses it: produce, then a poll serves the report."""
-
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
-        self.headers: list[list[tuple[str, bytes | None]]] = []
-        self._reports: list[Callable[[Any, Any], None]] = []
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]],
-                on_delivery: Callable[[Any, Any], None]) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
         self.sent.append({"topic": topic, **json.loads(value)})
-        self.headers.append(headers)
-        self._reports.append(on_delivery)
+        return self
 
-    def poll(self, timeout: float) -> int:
-        served, self._reports = self._reports, []
-        for report in served:
-            report(None, None)
-        return len(served)
+    def get(self, timeout: float) -> None:
+        return None
 
 
 def poller(function: FakeFunction, producer: FakeProducer) -> KafkaPoller:
@@ -123,27 +111,3 @@ def test_throttles_and_dependency_outages_are_retried_without_dead_lettering() -
     outage.invoke = heal_after_three  # type: ignore[method-assign]
     poller(outage, producer).deliver(records("a", "b"))
     assert producer.sent == [] and calls["n"] == 4
-
-
-def test_a_dead_letter_keeps_the_record_headers_and_adds_the_error_type() -> None:
-    function, producer = FakeFunction(crash_on={b"bad"}), FakeProducer()
-    record = Record(7, json.dumps("bad").encode(), headers=[("eventId", b"e-7")])
-    poller(function, producer).deliver([record])
-    assert producer.headers == [[("eventId", b"e-7"), ("dlqErrorType", b"Runtime.ExitError")]]
-    assert producer.sent[0]["offset"] == 7
-
-
-class FailingOnceProducer(FakeProducer):
-    """The first delivery report is an error (Kafka down), the retry is acked."""
-
-    def poll(self, timeout: float) -> int:
-        served, self._reports = self._reports, []
-        for report in served:
-            report(KafkaError(KafkaError._MSG_TIMED_OUT) if len(self.sent) == 1 else None, None)
-        return len(served)
-
-
-def test_a_dlq_write_that_is_not_acked_is_retried() -> None:
-    function, producer = FakeFunction(crash_on={b"bad"}), FailingOnceProducer()
-    poller(function, producer).deliver(records("bad"))
-    assert [m["offset"] for m in producer.sent] == [0, 0]
