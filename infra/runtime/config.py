@@ -20,8 +20,8 @@ class HostConfig:
     - ``runtime_code_check_seconds``: how often code folders are checked for changes.
     - ``runtime_init_timeout_seconds``: Lambda's limit on the init phase (10 s).
     - ``runtime_max_initialising``: cold starts in progress at once per function; a
-      request beyond it waits (within the queue wait) for a warm environment or its
-      own cold start (see ``FunctionPool``). 0 = no cap.
+      request beyond it waits (up to the init timeout, never throttled for it) for a
+      warm environment or its own cold start (see ``FunctionPool``). 0 = no cap.
     - ``runtime_prewarm``: environments started per function when the host starts, so
       the first requests find them warm (Lambda's provisioned concurrency, in spirit).
     - ``registry_renew_seconds``: the registry lease renewal interval (Eureka's 30 s).

@@ -293,8 +293,9 @@ class FunctionPool:
         A burst would otherwise start one environment per waiting request, each
         spending a second of CPU on imports, on a machine whose few cores are what
         the warm environments need to drain that very burst; capped, a request waits
-        (within its queue wait) for whichever comes first: a warm environment given
-        back or a cold start of its own once one finishes. Lambda, too, scales a
+        (up to the init timeout: it is under the concurrency limit, so not throttled)
+        for whichever comes first: a warm environment given back or a cold start of
+        its own once one finishes. Lambda, too, scales a
         function up at a bounded rate rather than all at once.
         """
         self.definition = definition
@@ -382,7 +383,7 @@ class FunctionPool:
         return self.max_initialising is None or self.initialising < self.max_initialising
 
     def _start_waiter(self) -> None:
-        """A slot and an init reservation are free: let the first live waiter start an environment."""
+        """While slots and init reservations are free, let waiters (oldest first) start environments."""
         while self.waiters and self.in_use < self.limit and self._may_initialise():
             waiter = self.waiters.popleft()
             if not waiter.done():

@@ -63,7 +63,6 @@ class KafkaDeliveryError(Exception):
         super().__init__(f"{error.name()}: {error.str()} (topic {topic!r})")
         self.error = error
         self.fatal = bool(error.fatal())
-        self.retriable = bool(error.retriable())
 
 
 class _Pending:
