@@ -7,7 +7,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
+import pytest
+from kafka import TopicPartition
+from kafka.structs import MemberState
+
+from infra.eventsource.poller import ACTIVE_POLL_MS, GROUP_POLL_MS, KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import KafkaSource
 from infra.invoke import InvokeResult
 
@@ -111,3 +115,81 @@ def test_throttles_and_dependency_outages_are_retried_without_dead_lettering() -
     outage.invoke = heal_after_three  # type: ignore[method-assign]
     poller(outage, producer).deliver(records("a", "b"))
     assert producer.sent == [] and calls["n"] == 4
+
+
+class ScriptedCoordinator:
+    def __init__(self) -> None:
+        self.state = MemberState.STABLE
+        self.rejoin = False
+
+    def need_rejoin(self) -> bool:
+        return self.rejoin
+
+    def coordinator_unknown(self) -> bool:
+        return False
+
+
+class ScriptedSubscription:
+    def __init__(self) -> None:
+        self.positions_known = True
+
+    def has_all_fetch_positions(self) -> bool:
+        return self.positions_known
+
+
+class ScriptedConsumer:
+    """Answers each poll with the next scripted records (none once exhausted); logs every poll's timeout."""
+
+    PARTITION = TopicPartition("payment.captured", 0)
+
+    def __init__(self, *answers: list[Record]) -> None:
+        self.answers = list(answers)
+        self.assigned = True
+        self._coordinator = ScriptedCoordinator()
+        self._subscription = ScriptedSubscription()
+        self.polls: list[int] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.PARTITION} if self.assigned else set()
+
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        self.polls.append(timeout_ms)
+        answer = self.answers.pop(0) if self.answers else []
+        return {self.PARTITION: answer} if answer else {}
+
+
+def sleeping_poller() -> tuple[KafkaPoller, list[int]]:
+    subject = poller(FakeFunction(), FakeProducer())
+    sleeps: list[int] = []
+    subject._sleep = lambda seconds: sleeps.append(round(seconds * 1000))  # type: ignore[method-assign]
+    return subject, sleeps
+
+
+def test_an_idle_poller_sleeps_between_short_fetches_and_a_record_ends_the_sleeps() -> None:
+    """A broker that answers an empty fetch at once must not make the poller spin."""
+    subject, sleeps = sleeping_poller()
+    consumer = ScriptedConsumer(*[[]] * 10, *[[r] for r in records("a")])
+    gathered = [subject._gather(consumer) for _ in range(11)]  # type: ignore[arg-type]
+    assert consumer.polls == [ACTIVE_POLL_MS] * 11, "a fetch must not block (the client re-fetches in a loop)"
+    assert sleeps == [1, 2, 4, 8, 16, 32, 64, 128, 200, 200]
+    assert gathered[:10] == [[]] * 10 and [r.offset for r in gathered[10]] == [0]
+    subject._gather(consumer)  # type: ignore[arg-type]
+    assert sleeps[-1] == 1, "after a record the next idle wait starts short again"
+
+
+@pytest.mark.parametrize("unsteady", ["unassigned", "rebalancing", "rejoin requested", "positions unknown"])
+def test_while_the_membership_is_not_steady_the_poll_blocks_and_nothing_sleeps(unsteady: str) -> None:
+    """A join or an offset lookup only progresses inside poll; a poll cut short abandons it."""
+    subject, sleeps = sleeping_poller()
+    consumer = ScriptedConsumer([], *[[r] for r in records("a")])
+    if unsteady == "unassigned":
+        consumer.assigned = False
+    elif unsteady == "rebalancing":
+        consumer._coordinator.state = MemberState.REBALANCING
+    elif unsteady == "rejoin requested":
+        consumer._coordinator.rejoin = True
+    else:
+        consumer._subscription.positions_known = False
+    assert subject._gather(consumer) == []  # type: ignore[arg-type]
+    assert [r.offset for r in subject._gather(consumer)] == [0]  # type: ignore[arg-type]
+    assert consumer.polls == [GROUP_POLL_MS, GROUP_POLL_MS] and sleeps == []
