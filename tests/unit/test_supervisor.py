@@ -69,3 +69,26 @@ def test_empty_text_setting_is_kept_empty_numbers_fall_back(tmp_path: Path) -> N
     settings = load_settings(env)
     assert settings.aws_endpoint_url == ""
     assert settings.db_port == 3306
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, 21_600_000), ("60000", 60_000), ("-1", -1)])
+def test_kafka_topic_retention_accepts_a_minute_or_more_or_forever(
+    tmp_path: Path, raw: str | None, expected: int,
+) -> None:
+    from payfn_shared.config import load_settings
+
+    env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none")}
+    if raw is not None:
+        env["PAYFN_KAFKA_TOPIC_RETENTION_MS"] = raw
+    assert load_settings(env).kafka_topic_retention_ms == expected
+
+
+@pytest.mark.parametrize("raw", ["59999", "21600", "0", "-2"])
+def test_kafka_topic_retention_rejects_less_than_a_minute(tmp_path: Path, raw: str) -> None:
+    """21600 is 6 h written in seconds: taken as milliseconds it would delete events at once."""
+    from payfn_shared.config import ConfigError, load_settings
+
+    env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "PAYFN_KAFKA_TOPIC_RETENTION_MS": raw}
+    with pytest.raises(ConfigError, match="PAYFN_KAFKA_TOPIC_RETENTION_MS"):
+        load_settings(env)

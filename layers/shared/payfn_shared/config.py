@@ -25,6 +25,12 @@ from typing import Any
 
 PREFIX = "PAYFN_"
 
+#: Kafka's ``retention.ms`` value for "never delete".
+KAFKA_KEEP_FOREVER = -1
+#: The shortest topic retention accepted: a value in seconds mistaken for milliseconds
+#: (21600 for 6 h) would otherwise delete events before a lagging consumer reads them.
+MIN_KAFKA_TOPIC_RETENTION_MS = 60_000
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
@@ -137,6 +143,8 @@ class Settings:
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic_partitions: int = 3
+    #: ``retention.ms`` of the topics payfn creates (see ``KafkaBroker.provision``).
+    kafka_topic_retention_ms: int = 21_600_000
 
     aws_endpoint_url: str = "http://127.0.0.1:5000"
     aws_region: str = "us-east-1"
@@ -157,6 +165,12 @@ class Settings:
                 port = getattr(self, f.name)
                 if not 0 < port < 65536:
                     raise ConfigError(f"{PREFIX}{f.name.upper()}={port} is not a TCP port")
+        retention = self.kafka_topic_retention_ms
+        if retention != KAFKA_KEEP_FOREVER and retention < MIN_KAFKA_TOPIC_RETENTION_MS:
+            raise ConfigError(
+                f"{PREFIX}KAFKA_TOPIC_RETENTION_MS={retention} must be at least "
+                f"{MIN_KAFKA_TOPIC_RETENTION_MS} (milliseconds) or {KAFKA_KEEP_FOREVER} (keep forever)"
+            )
 
     @property
     def redis_url(self) -> str:
