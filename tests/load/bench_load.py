@@ -167,12 +167,16 @@ def _summary(scenario: Scenario, result: LoadResult, hold_from: float, hold_to: 
     out["client_cpu_pct_of_core"] = round(100 * result.client_cpu_seconds / window, 1)
     out["client_cpu_us_per_request"] = round(1e6 * result.client_cpu_seconds / max(requests, 1), 1)
     cores = os.cpu_count() or 1
+    # The CPU counters cover the hold only: shares are of the hold's wall time.
+    hold = max(hold_to - hold_from, 1e-9)
     out["machine_cpu_busy_pct"] = round(100 * busy / max(total, 1e-9), 1)
     # Whatever the machine spent outside this stack and the generator (other tests, other stacks).
-    out["cpu_pct_of_core_outside_stack"] = round(100 * max(busy - sum(cpu.values()), 0.0) / window, 1)
+    out["cpu_pct_of_core_outside_stack"] = round(100 * max(busy - sum(cpu.values()), 0.0) / hold, 1)
     out["cores"] = cores
-    top = sorted(cpu.items(), key=lambda item: -item[1])[:6]
-    out["cpu_pct_of_core_by_component"] = ", ".join(f"{name} {100 * seconds / window:.0f}"
+    # Every component above 1 % of a core: the long tail is where a "missing" core hides.
+    top = [(name, seconds) for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+           if seconds >= 0.01 * hold]
+    out["cpu_pct_of_core_by_component"] = ", ".join(f"{name} {100 * seconds / hold:.0f}"
                                                     for name, seconds in top)
     # CPU time is what contention does not inflate: the cost of one successful iteration.
     done = max(len(held), 1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from infra.eventsource.sources import KafkaSource
 from infra.invoke import InvokeResult
 
 CONFIG = PollerConfig(eventsource_max_retries=1, eventsource_backoff_initial_ms=1,
-                      eventsource_backoff_max_ms=1)
+                      eventsource_backoff_max_ms=1, eventsource_min_batching_window_ms=0)
 
 
 @dataclass
@@ -68,13 +69,13 @@ class FakeProducer:
         return None
 
 
-def poller(function: FakeFunction, producer: FakeProducer) -> KafkaPoller:
+def poller(function: FakeFunction, producer: FakeProducer, config: PollerConfig = CONFIG) -> KafkaPoller:
     source = KafkaSource(
         function="F", event_name="E", service="S", kind="SelfManagedKafka", topics=("payment.captured",),
         group_id="g", bootstrap_servers=("b:9092",), batch_size=100, batching_window_seconds=0,
         starting_position="TRIM_HORIZON", function_timeout=1, report_item_failures=True,
         bisect_on_error=True, max_retry_attempts=None)
-    return KafkaPoller(source, "1", function, producer, PollerMetrics(), CONFIG)  # type: ignore[arg-type]
+    return KafkaPoller(source, "1", function, producer, PollerMetrics(), config)  # type: ignore[arg-type]
 
 
 def records(*values: str) -> list[Record]:
@@ -158,8 +159,8 @@ class ScriptedConsumer:
         return {self.PARTITION: answer} if answer else {}
 
 
-def sleeping_poller() -> tuple[KafkaPoller, list[int]]:
-    subject = poller(FakeFunction(), FakeProducer())
+def sleeping_poller(config: PollerConfig = CONFIG) -> tuple[KafkaPoller, list[int]]:
+    subject = poller(FakeFunction(), FakeProducer(), config)
     sleeps: list[int] = []
     subject._sleep = lambda seconds: sleeps.append(round(seconds * 1000))  # type: ignore[method-assign]
     return subject, sleeps
@@ -193,3 +194,16 @@ def test_while_the_membership_is_not_steady_the_poll_blocks_and_nothing_sleeps(u
     assert subject._gather(consumer) == []  # type: ignore[arg-type]
     assert [r.offset for r in subject._gather(consumer)] == [0]  # type: ignore[arg-type]
     assert consumer.polls == [GROUP_POLL_MS, GROUP_POLL_MS] and sleeps == []
+
+
+def test_the_first_record_starts_the_batching_window_slept_through_then_one_fetch_takes_the_rest() -> None:
+    """Fetching over and over inside the window would cost a fetch's CPU each time for nothing."""
+    subject = poller(FakeFunction(), FakeProducer(), replace(CONFIG, eventsource_min_batching_window_ms=50))
+    sleeps: list[float] = []
+    subject._sleep = lambda seconds: (sleeps.append(seconds), time.sleep(seconds))  # type: ignore[method-assign]
+    a, b, c = records("a", "b", "c")
+    consumer = ScriptedConsumer([a], [b, c])
+    batch = subject._gather(consumer)  # type: ignore[arg-type]
+    assert [r.offset for r in batch] == [0, 1, 2]
+    assert consumer.polls == [ACTIVE_POLL_MS, ACTIVE_POLL_MS]
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= 0.05, sleeps
