@@ -333,9 +333,10 @@ class KafkaPoller:
         is given only ``ACTIVE_POLL_MS`` (one round trip) and, while nothing
         comes, the poller sleeps between fetches, doubling the sleep from 1 ms up
         to ``eventsource_idle_wait_max_ms``; a record resets it, so a busy
-        partition is read back to back. Once a record is in, the poller sleeps
-        through the rest of the batching window and then fetches what gathered,
-        rather than fetching over and over. While the membership is not steady
+        partition is read back to back. Once a batch has begun and a fetch comes
+        back empty (the poller has caught up), it sleeps through the rest of the
+        batching window and fetches once more, rather than fetching over and over;
+        a backlog is read fetch after fetch with no sleep. While the membership is not steady
         (see :func:`group_needs_poll`) the poll blocks up to ``GROUP_POLL_MS``.
         """
         deadline = None
@@ -356,9 +357,9 @@ class KafkaPoller:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if steady:
-                # Let the window's records gather in the broker and fetch them at once:
-                # every fetch costs the same few ms of CPU whatever it brings.
+            if steady and not arrived:
+                # Caught up: let the rest of the window's records gather in the broker and
+                # fetch them at once (every fetch costs a few ms of CPU whatever it brings).
                 self._sleep(left)
         batch, self.buffer = self.buffer[: self.source.batch_size], self.buffer[self.source.batch_size:]
         return batch

@@ -196,14 +196,14 @@ def test_while_the_membership_is_not_steady_the_poll_blocks_and_nothing_sleeps(u
     assert consumer.polls == [GROUP_POLL_MS, GROUP_POLL_MS] and sleeps == []
 
 
-def test_the_first_record_starts_the_batching_window_slept_through_then_one_fetch_takes_the_rest() -> None:
+def test_once_caught_up_the_poller_sleeps_through_the_batching_window_then_fetches_once() -> None:
     """Fetching over and over inside the window would cost a fetch's CPU each time for nothing."""
     subject = poller(FakeFunction(), FakeProducer(), replace(CONFIG, eventsource_min_batching_window_ms=50))
     sleeps: list[float] = []
     subject._sleep = lambda seconds: (sleeps.append(seconds), time.sleep(seconds))  # type: ignore[method-assign]
-    a, b, c = records("a", "b", "c")
-    consumer = ScriptedConsumer([a], [b, c])
+    a, b, c, d = records("a", "b", "c", "d")
+    consumer = ScriptedConsumer([a], [b], [], [c, d])
     batch = subject._gather(consumer)  # type: ignore[arg-type]
-    assert [r.offset for r in batch] == [0, 1, 2]
-    assert consumer.polls == [ACTIVE_POLL_MS, ACTIVE_POLL_MS]
+    assert [r.offset for r in batch] == [0, 1, 2, 3]
+    assert consumer.polls == [ACTIVE_POLL_MS] * 4, "records keep coming: fetch again at once; empty: sleep"
     assert len(sleeps) == 1 and 0 < sleeps[0] <= 0.05, sleeps
