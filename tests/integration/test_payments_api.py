@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -13,6 +17,7 @@ from payfn_shared.idempotency import request_hash, utc_now
 from payfn_shared.payments.service import get_payment_service, reset_payment_service
 from payfn_shared.validation import AuthorizeRequest
 
+from infra.template import REPO_ROOT
 from tests.apigw import (
     authorize_event,
     capture_event,
@@ -154,6 +159,39 @@ def test_in_flight_key_answers_409(fn: SimpleNamespace, db: Any) -> None:
     busy = _authorize(fn, body)
     assert (busy.status, busy.body["code"]) == (409, "REQUEST_IN_PROGRESS")
     assert count(db, "SELECT COUNT(*) FROM payment WHERE merchant_id = %s", (m,)) == 0
+
+
+
+#: Authorizes ``sys.argv[1]`` (a JSON body) through the service in a process that dies
+#: inside the rate-limit check, as an execution environment SIGKILLed mid-request would.
+DIE_MID_AUTHORIZE = """
+import json, os, sys
+from payfn_shared.payments.service import get_payment_service
+from payfn_shared.ratelimit import RateLimiter
+from payfn_shared.validation import AuthorizeRequest
+RateLimiter.check = lambda self, merchant_id, action: os._exit(9)
+body = json.loads(sys.argv[1])
+get_payment_service().authorize(AuthorizeRequest(body["merchantId"], body["amount"], body["currency"],
+                                                 body["idempotencyKey"]))
+"""
+
+
+def test_a_request_that_died_mid_way_does_not_make_its_retry_a_409(fn: SimpleNamespace, db: Any) -> None:
+    """The retry of a request whose process died is served, not told "in progress" for 30 s.
+
+    Before authorize ran in one transaction, the claim committed on its own, and a
+    process killed after it left an IN_PROGRESS record behind (no ``release`` runs
+    in a dead process): the client's retry got 409 until the claim expired.
+    """
+    m = merchant()
+    body = authorize_body(m)
+    path = os.pathsep.join([str(REPO_ROOT / "layers" / "shared"), str(REPO_ROOT)])
+    died = subprocess.run([sys.executable, "-c", DIE_MID_AUTHORIZE, json.dumps(body)], timeout=60,
+                          env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, check=False)
+    assert died.returncode == 9, died.stderr[-2000:]
+    retry = _authorize(fn, body)
+    assert retry.status == 200 and "idempotent-replayed" not in retry.headers, retry.body
+    assert count(db, "SELECT COUNT(*) FROM payment WHERE merchant_id = %s", (m,)) == 1
 
 
 BAD = "it-bad-requests"

@@ -13,6 +13,13 @@ Protocol, for one request:
    "in progress". If even that fails (database gone), the claim's short
    in-progress expiry lets a retry take over later.
 
+The MariaDB store also offers authorize a one-transaction path
+(:meth:`MariaDbIdempotencyStore.insert_completed`): the COMPLETED record is written
+by one INSERT in the payment's transaction, which claims the key and completes it
+at once (one commit instead of two, and nothing left "in progress" by a request
+that died). Only when the key already has a record does authorize fall back to the
+protocol above, which then answers the replay, 409 or 422.
+
 Expired records (``expires_at``, default 24 h) are taken over by the next claim.
 The last word stays with the database: ``payment`` has a unique key on
 ``(merchant_id, idempotency_key)``, so even a request arriving after expiry can
@@ -200,6 +207,32 @@ class MariaDbIdempotencyStore(IdempotencyStore):
             ):
                 return None
         raise RequestInProgress()
+
+    def insert_completed(self, cursor: Cursor, merchant_id: str, key: str, req_hash: str,
+                         response: StoredResponse, now: datetime) -> bool:
+        """Write the COMPLETED record in the caller's transaction; False if the key has a record.
+
+        Authorize's one-transaction path (see ``PaymentService.authorize``): the record
+        is claimed and completed by one INSERT that commits with the payment, so a
+        request that dies mid-way leaves no claim behind. A concurrent request for the
+        same key waits on this row's lock and then finds the committed record (or,
+        after a rollback, none). A duplicate key means a record exists (live, expired
+        or in progress): the caller rolls back and answers through :meth:`claim`.
+        """
+        try:
+            cursor.execute(
+                "INSERT INTO idempotency_record (merchant_id, idempotency_key, request_hash, status,"
+                " payment_id, response_status, response_body, created_at, in_progress_until, expires_at)"
+                " VALUES (%s, %s, %s, 'COMPLETED', %s, %s, %s, %s, %s, %s)",
+                (merchant_id, key, req_hash, response.body.get("paymentId"), response.status_code,
+                 json.dumps(response.body, separators=(",", ":")), now, now,
+                 now + timedelta(seconds=self.config.idempotency_ttl_seconds)),
+            )
+        except Exception as exc:
+            if is_duplicate_key(exc):
+                return False
+            raise
+        return True
 
     def read(self, merchant_id: str, key: str) -> IdempotencyRecord | None:
         """The record for merchant + key, whatever its state (None if there is none)."""

@@ -10,6 +10,12 @@ validation (done by the caller) → idempotency claim → rate limit → transac
 An idempotent replay, a 409 or a 422 is answered before the rate limiter is
 asked, so retries of a request never spend quota; a claim that is then rate
 limited is released so that the retry after ``Retry-After`` is not "in progress".
+
+With the MariaDB idempotency store the usual case (a new key) runs all of it in
+ONE transaction: the COMPLETED idempotency record, the rate limit, the payment and
+its outbox row (one commit where the claim took another, and a request that dies
+mid-way leaves no "in progress" claim for its retry to trip over). A key that
+already has a record takes the general path above.
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _KeyHasPayment(Exception):
+    """Inside authorize's one transaction: the key's payment exists though its record does not."""
+
+
 class PaymentService:
     """Payments use cases over one database, idempotency store, rate limiter and publisher."""
 
@@ -135,6 +145,18 @@ class PaymentService:
         req_hash = request_hash(req.canonical())
         payment_id = str(uuid.uuid4())
         now = self.clock()
+        store = self.idempotency
+        if isinstance(store, MariaDbIdempotencyStore):
+            try:
+                done = self.db.run_in_transaction(
+                    lambda cur: self._authorize_in_one_tx(cur, store, req, req_hash, payment_id, now)
+                )
+            except _KeyHasPayment:
+                done = None
+            if done is not None:
+                reply, record = done
+                self._publish(record)
+                return reply
         existing = self.idempotency.claim(req.merchant_id, req.idempotency_key, req_hash, payment_id, now)
         if existing is not None:
             stored = resolve_existing(existing, req_hash)
@@ -152,6 +174,41 @@ class PaymentService:
         if record is not None:
             self._publish(record)
         return Reply(reply.status_code, reply.body, {**reply.headers, **headers})
+
+    def _authorize_in_one_tx(
+        self, cur: Cursor, store: MariaDbIdempotencyStore, req: AuthorizeRequest, req_hash: str,
+        payment_id: str, now: datetime,
+    ) -> tuple[Reply, OutboxRecord] | None:
+        """Authorize's usual case in ONE transaction: record, rate limit, payment, outbox.
+
+        The COMPLETED idempotency record is inserted first: its row lock makes a
+        concurrent request for the key wait, and a key that already has a record
+        returns None (nothing written) for :meth:`authorize`'s general path to answer.
+        The rate limiter is asked only then, so a replay never spends quota; a
+        rate-limited request rolls the record back with everything else.
+        """
+        payment = Payment(
+            payment_id, req.merchant_id, req.amount, req.currency, PaymentStatus.REQUESTED,
+            req.idempotency_key, req_hash, now, now,
+        )
+        body = payment_body(payment, [], AUTHORIZE_MESSAGE)
+        if not store.insert_completed(cur, req.merchant_id, req.idempotency_key, req_hash,
+                                      StoredResponse(200, body), now):
+            return None
+        headers = self._rate_limit(req.merchant_id, ACTION_AUTHORIZE)
+        try:
+            repo.insert_payment(cur, payment)
+        except Exception as exc:
+            if is_duplicate_key(exc):
+                # The record had expired and been purged, the payment had not: the
+                # general path answers from the payment (rolling this back first).
+                raise _KeyHasPayment from exc
+            raise
+        event = build_event(
+            AUTHORIZE_EVENT, payment_id=payment.id, merchant_id=payment.merchant_id,
+            status=payment.status.value, amount=payment.amount, currency=payment.currency, occurred_at=now,
+        )
+        return Reply(200, body, headers), insert_event(cur, event, now)
 
     def _complete(self, cur: Cursor, req: AuthorizeRequest, req_hash: str, body: dict[str, Any],
                   now: datetime) -> None:
