@@ -7,10 +7,8 @@ picks a free port, which is how tests start private gateways).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from gateway.config import GatewayConfig
 from gateway.discovery import ServiceDirectory
 from gateway.routing import ROUTES_PATH, ApiMap, RoutingConfigError, load_routes
 from infra.runtime.registration import Registration
+from infra.serving import serve_until_signal
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.gateway")
@@ -65,15 +64,7 @@ async def run(args: argparse.Namespace) -> None:
                                 metadata={"metricsPath": "/actuator/prometheus", "application": "gateway"})
         registration = Registration(RegistryClient(registry_url), instance, config.gateway_renew_seconds)
         registration.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    if registration is not None:
-        await registration.stop()
-    await gateway.close(server)
+    await serve_until_signal(registration, lambda: gateway.close(server), log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,23 +4,31 @@ They are not function hosts but must be seen like them: a ``/metrics`` endpoint
 Prometheus scrapes and a ``/health`` endpoint a supervisor polls, and a registry
 lease (Eureka stand-in) so Prometheus' ``eureka_sd_configs`` finds them. Both run
 in daemon threads so the process's own work loop stays plain blocking code.
+
+The asyncio servers (gateway, function hosts) share the end of their main instead:
+``serve_until_signal``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:
+    from infra.runtime.registration import Registration
 
 log = logging.getLogger("payfn.serving")
 
@@ -143,3 +151,27 @@ def instance_for(app: str, host: str, port: int, name: str, metadata: dict[str, 
     """An UP instance whose id is stable per host, app and ``name`` (e.g. the poller's --instance)."""
     return InstanceInfo(app=app, instance_id=f"{socket.gethostname()}:{app.lower()}:{name}", host=host,
                         port=port, status="UP", metadata={"metricsPath": "/metrics", **metadata})
+
+
+async def serve_until_signal(registration: Registration | None, close: Callable[[], Awaitable[None]],
+                             logger: logging.Logger) -> None:
+    """The tail of an asyncio server's main: wait for SIGTERM/SIGINT, deregister, then ``close()``.
+
+    The lease is cancelled *before* the server closes: the registry drops the instance
+    while it still answers, so whoever discovers it there (the gateway's service
+    directory, Prometheus) stops sending to it instead of meeting a closed port until
+    the lease would have expired. ``registration`` is None when the process did not
+    register (``--no-register``); ``close`` stops the server (what differs per server);
+    ``logger`` is the caller's, which logs ``stopping`` once a signal arrived. Must run
+    in the main thread (signal handlers); they stay installed, so a second signal
+    during shutdown changes nothing.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger.info("stopping")
+    if registration is not None:
+        await registration.stop()
+    await close()

@@ -87,7 +87,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -116,6 +115,7 @@ from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_reques
 from infra.runtime.logs import VERSION
 from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
 from infra.runtime.registration import Registration
+from infra.serving import serve_until_signal
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.runtime")
@@ -361,19 +361,15 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
                                     config.registry_renew_seconds)
         registration.start()
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    if registration is not None:
-        await registration.stop()
-    server.close()
-    await host.close()
-    api.close()
-    for connection in list(connections):
-        if connection.transport is not None:
-            connection.transport.close()
+    async def close() -> None:
+        server.close()
+        await host.close()
+        api.close()
+        for connection in list(connections):
+            if connection.transport is not None:
+                connection.transport.close()
+
+    await serve_until_signal(registration, close, log)
     return 0
 
 
