@@ -12,7 +12,14 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import MemberState
 
-from infra.eventsource.poller import ACTIVE_POLL_MS, GROUP_POLL_MS, KafkaPoller, PollerConfig, PollerMetrics
+from infra.eventsource.poller import (
+    ACTIVE_POLL_MS,
+    GROUP_POLL_MS,
+    KafkaPoller,
+    PollerConfig,
+    PollerMetrics,
+    Stopped,
+)
 from infra.eventsource.sources import KafkaSource
 from infra.invoke import InvokeResult
 
@@ -207,3 +214,36 @@ def test_once_caught_up_the_poller_sleeps_through_the_batching_window_then_fetch
     assert [r.offset for r in batch] == [0, 1, 2, 3]
     assert consumer.polls == [ACTIVE_POLL_MS] * 4, "records keep coming: fetch again at once; empty: sleep"
     assert len(sleeps) == 1 and 0 < sleeps[0] <= 0.05, sleeps
+
+
+def test_with_a_batching_window_idle_sleeps_start_at_it_and_what_they_gathered_goes_at_once() -> None:
+    """Short sleeps between two events of a moderate flow would cost a fetch each for nothing."""
+    subject, sleeps = sleeping_poller(replace(CONFIG, eventsource_min_batching_window_ms=50))
+    consumer = ScriptedConsumer([], [], [], [], *[[r] for r in records("a")])
+    gathered = [subject._gather(consumer) for _ in range(5)]  # type: ignore[arg-type]
+    assert sleeps == [50, 100, 200, 200], "no window sleep: the idle sleeps already gathered"
+    assert gathered[:4] == [[]] * 4 and [r.offset for r in gathered[4]] == [0]
+    assert consumer.polls == [ACTIVE_POLL_MS] * 5
+
+
+def test_after_a_batch_that_was_not_full_the_next_one_gathers_for_a_window_before_its_fetch() -> None:
+    """A fetch right after a delivery would mostly come back empty, at a fetch's CPU."""
+    subject, sleeps = sleeping_poller(replace(CONFIG, eventsource_min_batching_window_ms=50))
+    a, b = records("a", "b")
+    consumer = ScriptedConsumer([a], [], [], [b])
+    consumer.commit = lambda offsets: None  # type: ignore[attr-defined]
+    consumer.highwater = lambda tp: None  # type: ignore[attr-defined]
+
+    def stop_after_two_batches(seconds: float) -> None:
+        sleeps.append(round(seconds * 1000))
+        if subject.batches == 2 or len(sleeps) > 10:
+            raise Stopped
+        time.sleep(seconds)
+
+    subject._sleep = stop_after_two_batches  # type: ignore[method-assign]
+    with pytest.raises(Stopped):
+        subject._consume(consumer)  # type: ignore[arg-type]
+    assert subject.invoker.batches == [[0], [1]]  # type: ignore[attr-defined]
+    # In the first batch the window is slept through (less the time spent); after it one
+    # window, whose fetch brings b at once; after the second batch the loop stops.
+    assert len(sleeps) == 3 and 0 < sleeps[0] <= 50 and sleeps[1:] == [50, 50], sleeps
