@@ -14,8 +14,10 @@ limited is released so that the retry after ``Retry-After`` is not "in progress"
 With the MariaDB idempotency store the usual case (a new key) runs all of it in
 ONE transaction: the COMPLETED idempotency record, the rate limit, the payment and
 its outbox row (one commit where the claim took another, and a request that dies
-mid-way leaves no "in progress" claim for its retry to trip over). A key that
-already has a record takes the general path above.
+mid-way leaves no "in progress" claim for its retry to trip over). A twin sent
+while the first is inside that transaction waits on the record's row lock (for
+milliseconds) and is answered with the replay instead of a 409. A key that already
+has a record takes the general path above.
 """
 
 from __future__ import annotations
