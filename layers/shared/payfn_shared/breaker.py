@@ -79,7 +79,7 @@ import pybreaker
 import redis
 
 from payfn_shared.config import ConfigError, load_dataclass
-from payfn_shared.redis_client import get_redis
+from payfn_shared.redis_client import get_redis, register_script
 
 logger = logging.getLogger(__name__)
 
@@ -485,10 +485,10 @@ class RedisBreakerStore:
 
     def __init__(self, client: redis.Redis, name: str, config: BreakerConfig) -> None:
         self.key = f"{KEY_PREFIX}{{{name}}}"
-        self._acquire = client.register_script(_LUA_ACQUIRE)
-        self._record = client.register_script(_LUA_RECORD)
-        self._transition = client.register_script(_LUA_TRANSITION)
-        self._snapshot = client.register_script(_LUA_SNAPSHOT)
+        self._acquire = register_script(client, _LUA_ACQUIRE)
+        self._record = register_script(client, _LUA_RECORD)
+        self._transition = register_script(client, _LUA_TRANSITION)
+        self._snapshot = register_script(client, _LUA_SNAPSHOT)
         self._config_args: list[str | int | float] = [
             config.sliding_window_size,
             config.closed_minimum,

@@ -46,6 +46,7 @@ import redis
 from payfn_shared.config import ConfigError, load_dataclass
 from payfn_shared.db import Cursor, Database, is_duplicate_key
 from payfn_shared.errors import DependencyUnavailable, IdempotencyKeyReused, RequestInProgress
+from payfn_shared.redis_client import register_script
 
 REPLAY_HEADER = "Idempotent-Replayed"
 REDIS_KEY_PREFIX = "payfn:idem:"
@@ -352,9 +353,9 @@ class RedisIdempotencyStore(IdempotencyStore):
     def __init__(self, client: redis.Redis, config: IdempotencyConfig | None = None) -> None:
         super().__init__(config)
         self.client = client
-        self._claim = client.register_script(_REDIS_CLAIM)
-        self._complete = client.register_script(_REDIS_COMPLETE)
-        self._release = client.register_script(_REDIS_RELEASE)
+        self._claim = register_script(client, _REDIS_CLAIM)
+        self._complete = register_script(client, _REDIS_COMPLETE)
+        self._release = register_script(client, _REDIS_RELEASE)
 
     @staticmethod
     def redis_key(merchant_id: str, key: str) -> str:

@@ -37,7 +37,7 @@ import redis
 from prometheus_client import Counter
 
 from payfn_shared.config import ConfigError, load_dataclass
-from payfn_shared.redis_client import get_redis
+from payfn_shared.redis_client import get_redis, register_script
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class RateLimiter:
                  config: RateLimitConfig | None = None) -> None:
         self.redis = redis_client or get_redis()
         self.config = config or load_ratelimit_config()
-        self._script = self.redis.register_script(_LUA_BUCKET)
+        self._script = register_script(self.redis, _LUA_BUCKET)
         self._period_ms = max(1, int(self.config.period_seconds * 1000))
         self._lock = threading.Lock()
         self._failing = False
