@@ -247,6 +247,8 @@ class KafkaPoller:
         self.idle_wait_ms = 0
         self.batching_window = max(source.batching_window_seconds,
                                    config.eventsource_min_batching_window_ms / 1000)
+        #: The first idle sleep (ms): one batching window, at least 1 ms.
+        self.first_idle_wait_ms = max(round(self.batching_window * 1000), 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"poller-{source.name}", daemon=True)
         self._consumer: KafkaConsumer | None = None
@@ -327,7 +329,7 @@ class KafkaPoller:
             if len(batch) < self.source.batch_size and self.batching_window > 0:
                 # Caught up: the next batch gathers for one window before it is fetched
                 # (a fetch right away would mostly come back empty, at a fetch's CPU).
-                self.idle_wait_ms = max(round(self.batching_window * 1000), 1)
+                self.idle_wait_ms = self.first_idle_wait_ms
                 self._sleep(self.batching_window)
 
     def _gather(self, consumer: KafkaConsumer) -> list[KafkaRecord]:
@@ -355,9 +357,8 @@ class KafkaPoller:
             if arrived:
                 self.idle_wait_ms = 0
             elif steady and not self.buffer:
-                first = max(round(self.batching_window * 1000), 1)
-                cap = max(self.config.eventsource_idle_wait_max_ms, first)
-                self.idle_wait_ms = min(max(self.idle_wait_ms * 2, first), cap)
+                cap = max(self.config.eventsource_idle_wait_max_ms, self.first_idle_wait_ms)
+                self.idle_wait_ms = min(max(self.idle_wait_ms * 2, self.first_idle_wait_ms), cap)
                 self._sleep(self.idle_wait_ms / 1000)
             if not self.buffer:
                 return []

@@ -30,6 +30,10 @@ def test_replies_are_parsed_to_the_values_redis_py_returns(wire: bytes, value: o
 def test_an_error_reply_is_a_response_error_and_a_cut_reply_is_end_of_file() -> None:
     with pytest.raises(redis.ResponseError, match="NOSCRIPT"):
         _read_reply(io.BytesIO(b"-NOSCRIPT No matching script\r\n"))
+    nested = io.BytesIO(b"*2\r\n-ERR inner\r\n:5\r\n:6\r\n")
+    inner, five = _read_reply(nested)
+    assert isinstance(inner, redis.ResponseError) and str(inner) == "ERR inner" and five == 5
+    assert _read_reply(nested) == 6, "the whole array was read: the next reply starts where it ends"
     with pytest.raises(EOFError):
         _read_reply(io.BytesIO(b""))
     with pytest.raises(EOFError):

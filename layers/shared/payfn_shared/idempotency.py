@@ -209,6 +209,12 @@ class MariaDbIdempotencyStore(IdempotencyStore):
                 return None
         raise RequestInProgress()
 
+    def _completed_columns(self, response: StoredResponse, now: datetime) -> tuple[Any, int, str, datetime]:
+        """payment_id, response_status, response_body, expires_at of a COMPLETED record."""
+        return (response.body.get("paymentId"), response.status_code,
+                json.dumps(response.body, separators=(",", ":")),
+                now + timedelta(seconds=self.config.idempotency_ttl_seconds))
+
     def insert_completed(self, cursor: Cursor, merchant_id: str, key: str, req_hash: str,
                          response: StoredResponse, now: datetime) -> bool:
         """Write the COMPLETED record in the caller's transaction; False if the key has a record.
@@ -220,14 +226,13 @@ class MariaDbIdempotencyStore(IdempotencyStore):
         after a rollback, none). A duplicate key means a record exists (live, expired
         or in progress): the caller rolls back and answers through :meth:`claim`.
         """
+        payment_id, status, body, expires_at = self._completed_columns(response, now)
         try:
             cursor.execute(
                 "INSERT INTO idempotency_record (merchant_id, idempotency_key, request_hash, status,"
                 " payment_id, response_status, response_body, created_at, in_progress_until, expires_at)"
                 " VALUES (%s, %s, %s, 'COMPLETED', %s, %s, %s, %s, %s, %s)",
-                (merchant_id, key, req_hash, response.body.get("paymentId"), response.status_code,
-                 json.dumps(response.body, separators=(",", ":")), now, now,
-                 now + timedelta(seconds=self.config.idempotency_ttl_seconds)),
+                (merchant_id, key, req_hash, payment_id, status, body, now, now, expires_at),
             )
         except Exception as exc:
             if is_duplicate_key(exc):
@@ -273,15 +278,7 @@ class MariaDbIdempotencyStore(IdempotencyStore):
             "UPDATE idempotency_record SET status = 'COMPLETED', payment_id = %s, response_status = %s,"
             " response_body = %s, expires_at = %s WHERE merchant_id = %s AND idempotency_key = %s"
             " AND request_hash = %s AND status = 'IN_PROGRESS'",
-            (
-                response.body.get("paymentId"),
-                response.status_code,
-                json.dumps(response.body, separators=(",", ":")),
-                now + timedelta(seconds=self.config.idempotency_ttl_seconds),
-                merchant_id,
-                key,
-                req_hash,
-            ),
+            (*self._completed_columns(response, now), merchant_id, key, req_hash),
         )
         if not updated:
             raise RequestInProgress()

@@ -14,7 +14,6 @@ restart closed, and no more.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 import weakref
@@ -115,7 +114,7 @@ class RawScript:
     def __init__(self, connections: RawConnections, script: str, pipelined: Script) -> None:
         self.connections = connections
         self.script = script.encode()
-        self.sha = hashlib.sha1(self.script).hexdigest().encode()  # noqa: S324 - Redis' script id, not security
+        self.sha = pipelined.sha.encode()
         self.pipelined = pipelined
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (),
@@ -160,7 +159,7 @@ class RawConnections:
             if self.db:
                 self._roundtrip(conn, [b"SELECT", str(self.db).encode()])
         except BaseException:
-            sock.close()
+            _close(conn)
             raise
         return conn
 
@@ -185,7 +184,7 @@ class RawConnections:
                 raise
             except (OSError, EOFError) as exc:
                 if conn is not None:
-                    conn[0].close()
+                    _close(conn)
                 attempt += 1
                 if attempt > self.retries:
                     kind = redis.TimeoutError if isinstance(exc, TimeoutError) else redis.ConnectionError
@@ -200,6 +199,13 @@ class RawConnections:
                 self._idle.append(conn)
 
 
+def _close(conn: tuple[socket.socket, Any]) -> None:
+    """Close the reader as well: the socket's descriptor stays open while its makefile() is."""
+    sock, reader = conn
+    reader.close()
+    sock.close()
+
+
 def _encode(value: Any) -> bytes:
     """Arguments as redis-py encodes them (floats with ``repr``, text as UTF-8)."""
     if isinstance(value, bytes):
@@ -212,6 +218,16 @@ def _encode(value: Any) -> bytes:
 
 
 def _read_reply(reader: Any) -> Any:
+    """One reply; an error reply raises ``redis.ResponseError`` once the reply is read whole."""
+    reply = _read_value(reader)
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    return reply
+
+
+def _read_value(reader: Any) -> Any:
+    """One RESP2 value; an error comes back as a ``redis.ResponseError`` instance, as
+    redis-py returns one nested in an array, so the connection is never left mid-reply."""
     line = reader.readline()
     if not line.endswith(b"\r\n"):
         raise EOFError("Redis closed the connection")
@@ -228,11 +244,11 @@ def _read_reply(reader: Any) -> Any:
         return data[:-2]
     if kind == b"*":
         count = int(rest)
-        return None if count < 0 else [_read_reply(reader) for _ in range(count)]
+        return None if count < 0 else [_read_value(reader) for _ in range(count)]
     if kind == b"+":
         return rest
     if kind == b"-":
-        raise redis.ResponseError(rest.decode("utf-8", "replace"))
+        return redis.ResponseError(rest.decode("utf-8", "replace"))
     raise redis.ConnectionError(f"unexpected Redis reply {line[:40]!r}")
 
 

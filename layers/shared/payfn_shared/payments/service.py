@@ -105,6 +105,21 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def _requested_payment(req: AuthorizeRequest, req_hash: str, payment_id: str, now: datetime) -> Payment:
+    """The new payment an authorize request creates (both authorize paths)."""
+    return Payment(payment_id, req.merchant_id, req.amount, req.currency, PaymentStatus.REQUESTED,
+                   req.idempotency_key, req_hash, now, now)
+
+
+def _insert_authorized_event(cur: Cursor, payment: Payment, now: datetime) -> OutboxRecord:
+    """The outbox row of a new payment's PAYMENT_AUTHORIZED event, in the caller's transaction."""
+    event = build_event(
+        AUTHORIZE_EVENT, payment_id=payment.id, merchant_id=payment.merchant_id,
+        status=payment.status.value, amount=payment.amount, currency=payment.currency, occurred_at=now,
+    )
+    return insert_event(cur, event, now)
+
+
 class _KeyHasPayment(Exception):
     """Inside authorize's one transaction: the key's payment exists though its record does not."""
 
@@ -189,10 +204,7 @@ class PaymentService:
         The rate limiter is asked only then, so a replay never spends quota; a
         rate-limited request rolls the record back with everything else.
         """
-        payment = Payment(
-            payment_id, req.merchant_id, req.amount, req.currency, PaymentStatus.REQUESTED,
-            req.idempotency_key, req_hash, now, now,
-        )
+        payment = _requested_payment(req, req_hash, payment_id, now)
         body = payment_body(payment, [], AUTHORIZE_MESSAGE)
         if not store.insert_completed(cur, req.merchant_id, req.idempotency_key, req_hash,
                                       StoredResponse(200, body), now):
@@ -206,11 +218,7 @@ class PaymentService:
                 # general path answers from the payment (rolling this back first).
                 raise _KeyHasPayment from exc
             raise
-        event = build_event(
-            AUTHORIZE_EVENT, payment_id=payment.id, merchant_id=payment.merchant_id,
-            status=payment.status.value, amount=payment.amount, currency=payment.currency, occurred_at=now,
-        )
-        return Reply(200, body, headers), insert_event(cur, event, now)
+        return Reply(200, body, headers), _insert_authorized_event(cur, payment, now)
 
     def _complete(self, cur: Cursor, req: AuthorizeRequest, req_hash: str, body: dict[str, Any],
                   now: datetime) -> None:
@@ -243,21 +251,14 @@ class PaymentService:
     def _authorize_tx(
         self, cur: Cursor, req: AuthorizeRequest, req_hash: str, payment_id: str, now: datetime
     ) -> tuple[Reply, OutboxRecord | None]:
-        payment = Payment(
-            payment_id, req.merchant_id, req.amount, req.currency, PaymentStatus.REQUESTED,
-            req.idempotency_key, req_hash, now, now,
-        )
+        payment = _requested_payment(req, req_hash, payment_id, now)
         try:
             repo.insert_payment(cur, payment)
         except Exception as exc:
             if not is_duplicate_key(exc):
                 raise
             return self._answer_from_existing_payment(cur, req, req_hash, now), None
-        event = build_event(
-            AUTHORIZE_EVENT, payment_id=payment.id, merchant_id=payment.merchant_id,
-            status=payment.status.value, amount=payment.amount, currency=payment.currency, occurred_at=now,
-        )
-        record = insert_event(cur, event, now)
+        record = _insert_authorized_event(cur, payment, now)
         body = payment_body(payment, [], AUTHORIZE_MESSAGE)
         self._complete(cur, req, req_hash, body, now)
         return Reply(200, body), record
