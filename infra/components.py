@@ -69,6 +69,11 @@ class Component(ABC):
     start_timeout: float = DEFAULT_START_TIMEOUT
     #: False for processes on ephemeral ports (function hosts): nothing to collide with.
     fixed_port: bool = True
+    #: Work no client waits on (consumers, the scheduler, the event-source poller,
+    #: scraping): started ``PAYFN_BACKGROUND_NICE`` nicer, so that on a busy machine it
+    #: yields the cores to the request path and catches up in the gaps, instead of
+    #: adding its share to every request's latency.
+    background: bool = False
 
     def __init__(self, settings: Settings, paths: StackPaths, template: Template) -> None:
         self.settings = settings
@@ -96,6 +101,11 @@ class Component(ABC):
 
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
+
+    @property
+    def niceness(self) -> int:
+        """What the supervisor adds to this component's niceness when it starts it."""
+        return self.settings.background_nice if self.background else 0
 
     @abstractmethod
     def healthy(self) -> bool:
@@ -399,6 +409,7 @@ class Prometheus(Component):
     name = "prometheus"
     title = "Prometheus"
     port_variable = "PAYFN_PROMETHEUS_PORT"
+    background = True
 
     @property
     def host(self) -> str:

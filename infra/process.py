@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from payfn_shared.config import MAX_NICE
+
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
@@ -78,7 +80,12 @@ class ManagedProcess:
         return pid if pid_alive(pid) else None
 
     def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> int:
+              cwd: Path | None = None, niceness: int = 0) -> int:
+        """Start the process in a session of its own; ``niceness`` is added to ours.
+
+        The niceness is set on the new process right after it is created, while it is
+        still starting its interpreter, so every process it starts later inherits it.
+        """
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
@@ -88,6 +95,9 @@ class ManagedProcess:
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
             )
+        if niceness:
+            own = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, self._popen.pid, min(MAX_NICE, own + niceness))
         self.pid_file.write_text(str(self._popen.pid))
         return self._popen.pid
 

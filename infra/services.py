@@ -22,6 +22,7 @@ from pathlib import Path
 from payfn_shared.config import Settings
 
 from infra.components import INFRASTRUCTURE, Component, StackError, StackPaths, http_ok
+from infra.runtime.functions import API_EVENT_TYPES
 from infra.template import Template
 
 ComponentFactory = Callable[[Settings, StackPaths, Template], Component]
@@ -132,6 +133,12 @@ class FunctionHost(PortFileComponent):
         self.name = f"{service.lower()}-{index}"
         self.title = f"{service} host #{index}"
 
+    @property
+    def background(self) -> bool:  # type: ignore[override]
+        """A service none of whose functions serves an API route (consumers, the relay)."""
+        return not any(event.type in API_EVENT_TYPES for function in self.template.functions()
+                       if function.service == self.service for event in function.events)
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "infra.runtime.host", "--service", self.service,
                 *self.listen_arguments()]
@@ -142,6 +149,7 @@ class Scheduler(PortFileComponent):
 
     name = "scheduler"
     title = "Scheduler (EventBridge rules)"
+    background = True
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "infra.scheduler", *self.listen_arguments()]
@@ -152,6 +160,7 @@ class EventSourcePoller(PortFileComponent):
 
     name = "eventsource"
     title = "Kafka event-source poller"
+    background = True
 
     def command(self) -> list[str]:
         # A stable instance name keeps the consumer group's static membership across restarts.

@@ -164,7 +164,8 @@ class Supervisor:
             state, owned = EXTERNAL, False
         else:
             component.prepare()
-            process.start(component.command(), env=component.environment(), cwd=REPO_ROOT)
+            process.start(component.command(), env=component.environment(), cwd=REPO_ROOT,
+                          niceness=component.niceness)
             started.append((component, process))
             self._wait_healthy(component, process)
             state, owned = STARTED, True

@@ -12,9 +12,9 @@ A ``FunctionPool`` enforces Lambda's concurrency model for one function:
 - at most ``limit`` environments exist (``ReservedConcurrentExecutions`` or the host
   default); an environment being initialised counts, as on Lambda;
 - when all are busy a request waits at most ``queue_wait`` seconds for one to come
-  free, then is throttled (``Throttled``). Lambda throttles at once; the short wait
+  free, then is throttled (``Throttled``). Lambda throttles at once; the wait
   (``PAYFN_RUNTIME_QUEUE_WAIT_MS``, 0 = exactly Lambda) absorbs the bursts of a local
-  gateway that has no client-side retry of throttles;
+  gateway that has no client-side retry of throttles, on a pool sized to the cores;
 - the most recently used idle environment is reused first, so surplus environments
   stay idle long enough to be reaped (``reap_idle``);
 - a code change bumps the pool's generation; idle environments of an older

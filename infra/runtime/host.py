@@ -22,8 +22,8 @@ Command line (what the stack supervisor runs)::
   registry being down never stops the host: it serves, logs, and retries each renewal.
   The instance metadata carries ``metricsPath`` and ``application`` (the service name
   in lower case, Spring's ``spring.application.name``) for Prometheus' eureka_sd_configs.
-- Knobs (``infra.runtime.config.HostConfig``): ``PAYFN_RUNTIME_MAX_ENVIRONMENTS`` (16),
-  ``PAYFN_RUNTIME_QUEUE_WAIT_MS`` (100; 0 = throttle at once like Lambda),
+- Knobs (``infra.runtime.config.HostConfig``): ``PAYFN_RUNTIME_MAX_ENVIRONMENTS`` (two
+  per core), ``PAYFN_RUNTIME_QUEUE_WAIT_MS`` (1000; 0 = throttle at once like Lambda),
   ``PAYFN_RUNTIME_IDLE_SECONDS`` (300), ``PAYFN_RUNTIME_CODE_CHECK_SECONDS`` (1),
   ``PAYFN_RUNTIME_INIT_TIMEOUT_SECONDS`` (10), ``PAYFN_RUNTIME_PREWARM`` (0 environments
   per function started at boot), ``PAYFN_RUNTIME_LOG_LEVEL`` (INFO).

@@ -227,6 +227,12 @@ def test_function_names_resolve_like_lambda(definitions: dict[str, FunctionDefin
     assert host.functions["NoopFunction"].pool.limit == HostConfig().runtime_max_environments
 
 
+def test_environments_per_function_default_to_two_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    assert HostConfig().runtime_max_environments == 6
+    assert load_dataclass(HostConfig, {"PAYFN_ENV_FILE": "/nonexistent"}).runtime_max_environments == 6
+
+
 def test_host_config_from_environment() -> None:
     config = load_dataclass(HostConfig, {
         "PAYFN_RUNTIME_MAX_ENVIRONMENTS": "3", "PAYFN_REGISTRY_RENEW_SECONDS": "5",

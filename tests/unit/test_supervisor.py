@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,4 +93,65 @@ def test_kafka_topic_retention_rejects_less_than_a_minute(tmp_path: Path, raw: s
     env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
            "PAYFN_KAFKA_TOPIC_RETENTION_MS": raw}
     with pytest.raises(ConfigError, match="PAYFN_KAFKA_TOPIC_RETENTION_MS"):
+        load_settings(env)
+
+
+class SleepingBackgroundComponent(CrashingComponent):
+    """Starts a child that outlives nothing: both just sleep until stopped."""
+
+    name = "sleeper"
+    background = True
+
+    def command(self) -> list[str]:
+        return ["sh", "-c", "sleep 30 & wait"]
+
+    def healthy(self) -> bool:
+        return True
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_background_component_and_what_it_starts_run_nicer(tmp_path: Path) -> None:
+    settings = replace(Settings(), stack_dir=str(tmp_path), gateway_port=free_port(),
+                       db_password="x", db_readonly_password="y", background_nice=7)
+    supervisor = Supervisor(settings, load_template(), components=[SleepingBackgroundComponent])
+    own = _niceness(os.getpid())
+    try:
+        [status] = supervisor.up()
+        assert status.pid is not None
+        assert _niceness(status.pid) == min(19, own + 7)
+        deadline = time.monotonic() + 5
+        children: list[str] = []
+        while not children and time.monotonic() < deadline:
+            children = Path(f"/proc/{status.pid}/task/{status.pid}/children").read_text().split()
+        assert children, "the component's child never started"
+        assert _niceness(int(children[0])) == min(19, own + 7)
+    finally:
+        supervisor.down()
+
+
+def test_only_services_without_api_routes_are_background(tmp_path: Path) -> None:
+    from infra.components import StackPaths
+    from infra.services import EventSourcePoller, FunctionHost, Gateway, Scheduler
+
+    settings = replace(Settings(), stack_dir=str(tmp_path))
+    paths, template = StackPaths(tmp_path), load_template()
+    assert FunctionHost(settings, paths, template, service="CONSUMER-WORKER", index=1).niceness == 10
+    assert FunctionHost(settings, paths, template, service="INGEST-SERVICE", index=1).niceness == 0
+    assert FunctionHost(settings, paths, template, service="MONITORING-SERVICE", index=1).niceness == 0
+    assert Scheduler(settings, paths, template).niceness == 10
+    assert EventSourcePoller(settings, paths, template).niceness == 10
+    assert Gateway(settings, paths, template).niceness == 0
+    assert Scheduler(replace(settings, background_nice=0), paths, template).niceness == 0
+
+
+@pytest.mark.parametrize("raw", ["-1", "20"])
+def test_background_nice_outside_what_linux_accepts_is_refused(tmp_path: Path, raw: str) -> None:
+    from payfn_shared.config import ConfigError, load_settings
+
+    env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "PAYFN_BACKGROUND_NICE": raw}
+    with pytest.raises(ConfigError, match="PAYFN_BACKGROUND_NICE"):
         load_settings(env)

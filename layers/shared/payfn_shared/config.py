@@ -30,6 +30,8 @@ KAFKA_KEEP_FOREVER = -1
 #: The shortest topic retention accepted: a value in seconds mistaken for milliseconds
 #: (21600 for 6 h) would otherwise delete events before a lagging consumer reads them.
 MIN_KAFKA_TOPIC_RETENTION_MS = 60_000
+#: The largest niceness Linux accepts.
+MAX_NICE = 19
 
 
 class ConfigError(ValueError):
@@ -159,6 +161,9 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
 
+    #: Niceness added to the stack's background processes (see ``Component.background``).
+    background_nice: int = 10
+
     def validate(self) -> None:
         for f in fields(self):
             if f.name.endswith("_port"):
@@ -171,6 +176,9 @@ class Settings:
                 f"{PREFIX}KAFKA_TOPIC_RETENTION_MS={retention} must be at least "
                 f"{MIN_KAFKA_TOPIC_RETENTION_MS} (milliseconds) or {KAFKA_KEEP_FOREVER} (keep forever)"
             )
+        if not 0 <= self.background_nice <= MAX_NICE:
+            raise ConfigError(
+                f"{PREFIX}BACKGROUND_NICE={self.background_nice} must be between 0 and {MAX_NICE}")
 
     @property
     def redis_url(self) -> str:
