@@ -64,6 +64,11 @@ class Scenario:
     hold_seconds: float
     goal: str
 
+    @property
+    def merchant_prefix(self) -> str:
+        """The scenario's own merchants, so that its invariant check sees only its payments."""
+        return "L" + self.name.upper().replace("_", "")
+
     def stages(self, hold_scale: float) -> list[Stage]:
         return [(self.ramp_seconds, self.rate), (self.hold_seconds * hold_scale, self.rate)]
 
@@ -211,7 +216,7 @@ def run_scenario(target: DrillTarget, scenario: Scenario, hold_scale: float) -> 
     load = OpenLoad(settings.gateway_host, settings.gateway_port,
                     max_connections=int(os.environ.get("PAYFN_BENCH_LOAD_MAX_CONNECTIONS", "400")),
                     merchants=int(os.environ.get("PAYFN_BENCH_LOAD_MERCHANTS", "256")),
-                    merchant_prefix=f"L{scenario.name[:6].upper().replace('_', '')}")
+                    merchant_prefix=scenario.merchant_prefix)
     sampler = CpuSampler(_groups(target))
     stages = scenario.stages(hold_scale)
     hold_from = scenario.ramp_seconds
