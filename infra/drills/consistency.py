@@ -29,6 +29,7 @@ import pymysql
 import pymysql.cursors
 from payfn_shared.config import Settings
 from payfn_shared.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
+from payfn_shared.db import in_list
 from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, TOPIC_BY_EVENT_TYPE
 
 from infra.drills.client import ClientLedger, GatewayClient
@@ -89,11 +90,6 @@ class FlowState:
     @property
     def settled(self) -> bool:
         return self.unpublished == 0 and not self.missing_processed() and not self.projections_off
-
-
-def in_list(values: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Placeholders for an ``IN (…)`` list (values stay parameters, never SQL text)."""
-    return ", ".join(["%s"] * len(values)), tuple(values)
 
 
 def expand_in(query: str, marks: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +48,22 @@ def rows(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> list
     with connection.cursor(pymysql.cursors.DictCursor) as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall())
+
+
+def rows_once(connection: Connection, sql: str, params: tuple[Any, ...],
+              ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0) -> list[dict[str, Any]]:
+    """``rows`` as soon as ``ready`` holds for them (asserted within ``timeout``).
+
+    For outbox marks: ``published_at`` is written by the publisher's background
+    thread up to ``PAYFN_OUTBOX_MARK_INTERVAL_MS`` after the answer, not in the request.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows(connection, sql, params)
+        if ready(found):
+            return found
+        assert time.monotonic() < deadline, f"not ready within {timeout} s: {found}"
+        time.sleep(0.02)
 
 
 def count(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> int:

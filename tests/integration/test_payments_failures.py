@@ -27,7 +27,7 @@ from payfn_shared.topics import PAYMENT_AUTHORIZED
 
 from infra.stack import Supervisor
 from tests.apigw import authorize_event, capture_event, get_event, invoke, load_function, refund_event
-from tests.integration.payments_support import authorize_body, count, merchant, private_stack, rows
+from tests.integration.payments_support import authorize_body, count, merchant, private_stack, rows, rows_once
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,8 @@ def test_kafka_down_still_answers_and_keeps_the_outbox_row(private: Private) -> 
     with private.sql() as sql:
         first = invoke(private.authorize, authorize_event(authorize_body(m)))
         assert first.status == 200
-        assert _outbox(sql, first.body["paymentId"])["published_at"] is not None
+        rows_once(sql, "SELECT published_at FROM outbox_event WHERE aggregate_id = %s",
+                  (first.body["paymentId"],), lambda found: found[0]["published_at"] is not None)
 
         private.supervisor.down(["kafka"])
 

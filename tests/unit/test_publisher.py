@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -9,8 +10,10 @@ from typing import Any, ClassVar
 import pytest
 from confluent_kafka import KafkaError
 from payfn_shared.breaker import CallNotPermittedError
+from payfn_shared.config import ConfigError
+from payfn_shared.errors import DependencyUnavailable
 from payfn_shared.outbox import OutboxRecord
-from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublisherConfig
+from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublishedMarks, PublisherConfig
 
 RECORD = OutboxRecord(7, "e-1", "PAYMENT_AUTHORIZED", "payment.authorized", "p-1", b'{"a":1}')
 
@@ -47,6 +50,9 @@ class FakeProducer:
 
     def purge(self) -> None:
         self.purged = True
+
+    def flush(self, timeout: float) -> int:
+        return self.poll(timeout)
 
 
 class PassThroughBreaker:
@@ -130,3 +136,80 @@ def test_outbox_rows_from_the_relay_select() -> None:
            "partition_key": "p-1", "payload": '{"a":1}'}
     assert OutboxRecord.from_row(row) == RECORD
     assert OutboxRecord.from_row({**row, "payload": b'{"a":1}'}) == RECORD
+
+
+class RecordingDatabase:
+    """``Database.execute`` as the publisher uses it: one autocommit statement per call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.statements: list[tuple[str, tuple[Any, ...], str]] = []
+        self.fail = fail
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        if self.fail:
+            raise DependencyUnavailable("Database is unavailable")
+        self.statements.append((sql, params, threading.current_thread().name))
+        return len(params)
+
+
+def _record(outbox_id: int) -> OutboxRecord:
+    return OutboxRecord(outbox_id, f"e-{outbox_id}", "PAYMENT_AUTHORIZED", "payment.authorized", "p-1", b"{}")
+
+
+def _marking_publisher(interval_ms: int, breaker: PassThroughBreaker | None = None) -> KafkaPublisher:
+    config = PublisherConfig(kafka_publish_timeout_ms=800, outbox_mark_interval_ms=interval_ms)
+    return KafkaPublisher("h1:9092", config, breaker or PassThroughBreaker(), FakeProducer)
+
+
+def test_published_marks_leave_the_request_and_are_written_together() -> None:
+    database = RecordingDatabase()
+    publisher = _marking_publisher(interval_ms=200)
+    for outbox_id in (11, 12, 13):
+        publisher.publish_and_record([_record(outbox_id)], database)  # type: ignore[arg-type]
+    assert database.statements == [], "no write in the request path"
+    deadline = time.monotonic() + 5
+    while not database.statements and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [(sql, params, thread)] = database.statements
+    assert sql.startswith("UPDATE outbox_event SET published_at") and "published_at IS NULL" in sql
+    assert params == (11, 12, 13)
+    assert thread == "outbox-marks"
+
+
+def test_failed_attempts_are_recorded_in_the_request_and_not_marked() -> None:
+    database = RecordingDatabase()
+    publisher = _marking_publisher(interval_ms=200, breaker=PassThroughBreaker(open_=True))
+    publisher.publish_and_record([_record(21)], database)  # type: ignore[arg-type]
+    [(sql, params, thread)] = database.statements
+    assert "last_error = %s" in sql and params[1] == 21 and BREAKER_OPEN_ERROR in params[0]
+    assert thread == threading.current_thread().name
+    publisher.close()
+    assert len(database.statements) == 1, "nothing to mark published"
+
+
+def test_mark_interval_zero_marks_in_the_request() -> None:
+    database = RecordingDatabase()
+    publisher = _marking_publisher(interval_ms=0)
+    publisher.publish_and_record([_record(31)], database)  # type: ignore[arg-type]
+    [(sql, params, thread)] = database.statements
+    assert sql.startswith("UPDATE outbox_event SET published_at") and params == (31,)
+    assert thread == threading.current_thread().name
+
+
+def test_close_writes_pending_marks_and_a_database_outage_drops_them() -> None:
+    database = RecordingDatabase()
+    publisher = _marking_publisher(interval_ms=1000)
+    publisher.publish_and_record([_record(41)], database)  # type: ignore[arg-type]
+    publisher.close()
+    assert [params for _, params, _ in database.statements] == [(41,)]
+    down = RecordingDatabase(fail=True)
+    marks = PublishedMarks(down, interval=1.0)  # type: ignore[arg-type]
+    marks.add([42])
+    assert marks.flush() == 0, "logged and dropped: the relay sends the row again"
+    assert marks.flush() == 0
+
+
+@pytest.mark.parametrize("interval_ms", [-1, 1001])
+def test_mark_interval_stays_inside_the_relay_grace_period(interval_ms: int) -> None:
+    with pytest.raises(ConfigError, match="PAYFN_OUTBOX_MARK_INTERVAL_MS"):
+        PublisherConfig(outbox_mark_interval_ms=interval_ms).validate()

@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from payfn_shared.errors import DependencyUnavailable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 Cursor = pymysql.cursors.DictCursor
 
 #: Client/server error numbers that mean "the connection or the server is gone".
@@ -79,6 +80,11 @@ def error_number(exc: BaseException) -> int | None:
     """The MySQL error number of a pymysql exception, if it carries one."""
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def in_list(values: Sequence[V]) -> tuple[str, tuple[V, ...]]:
+    """Placeholders for an ``IN (…)`` list and its parameters (values never become SQL text)."""
+    return ", ".join(["%s"] * len(values)), tuple(values)
 
 
 def is_duplicate_key(exc: BaseException) -> bool:

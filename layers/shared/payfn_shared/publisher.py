@@ -20,6 +20,14 @@ Why it looks like this:
 - A failure never reaches the client: the row stays unpublished (attempts and
   last error recorded) and the relay publishes it later. Marks are guarded with
   ``published_at IS NULL`` (see :mod:`payfn_shared.outbox`).
+- Marking a published row is off the request path (:class:`PublishedMarks`): the
+  broker's ack is what the request waits for; the ``published_at`` marks of a
+  process are gathered for ``outbox_mark_interval_ms`` and written by a background
+  thread in one UPDATE, which spares every request an autocommit write (a round
+  trip and a log flush). The relay leaves rows younger than its grace period
+  (3 s) alone, so it does not re-send a row whose mark is on its way; a mark that
+  never comes (process killed, database down) only means the relay sends the
+  event again, and consumers dedupe by eventId.
 - Only the Kafka protocol is used: any Kafka, Redpanda or MSK works with another
   bootstrap address.
 """
@@ -50,6 +58,8 @@ BREAKER_OPEN_ERROR = "CallNotPermitted: circuit breaker kafka-publisher is open"
 #: How much longer than librdkafka's own ``message.timeout.ms`` the caller waits for
 #: the delivery report, so that normally librdkafka's verdict is the one recorded.
 DELIVERY_REPORT_GRACE_S = 0.1
+#: The longest mark interval accepted: far inside the relay's grace period (3 s).
+MAX_MARK_INTERVAL_MS = 1000
 
 
 class KafkaTimeoutError(Exception):
@@ -74,14 +84,68 @@ PENDING = _Pending()
 
 @dataclass(frozen=True)
 class PublisherConfig:
-    """Producer knobs (env ``PAYFN_KAFKA_PUBLISH_TIMEOUT_MS``, ``PAYFN_KAFKA_CLIENT_ID``)."""
+    """Producer knobs (env ``PAYFN_KAFKA_PUBLISH_TIMEOUT_MS``, ``PAYFN_KAFKA_CLIENT_ID``,
+    ``PAYFN_OUTBOX_MARK_INTERVAL_MS``: how long published marks are gathered before
+    one UPDATE writes them; 0 writes each in the request, as Lambda on AWS needs,
+    where an idle environment is frozen with its background thread)."""
 
     kafka_publish_timeout_ms: int = 1500
     kafka_client_id: str = "payfn-ingest"
+    outbox_mark_interval_ms: int = 100
 
     def validate(self) -> None:
         if not 50 <= self.kafka_publish_timeout_ms <= 60_000:
             raise ConfigError("PAYFN_KAFKA_PUBLISH_TIMEOUT_MS must be between 50 and 60000")
+        if not 0 <= self.outbox_mark_interval_ms <= MAX_MARK_INTERVAL_MS:
+            raise ConfigError(f"PAYFN_OUTBOX_MARK_INTERVAL_MS must be between 0 and {MAX_MARK_INTERVAL_MS}"
+                              " (well inside the relay's grace period)")
+
+
+class PublishedMarks:
+    """Outbox rows the broker acknowledged, marked published by one background thread.
+
+    ``add`` only appends ids; the thread wakes on the first id, waits ``interval``
+    so that the ids of every request in between join, and marks them all in one
+    guarded UPDATE on its own connection (``Database`` keeps one per thread). A
+    failed UPDATE is logged and dropped: the rows stay unpublished and the relay
+    sends them again once they are past its grace period.
+    """
+
+    def __init__(self, database: Database, interval: float) -> None:
+        self.database = database
+        self.interval = interval
+        self._ids: list[int] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, outbox_ids: Sequence[int]) -> None:
+        with self._wake:
+            self._ids.extend(outbox_ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="outbox-marks", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._ids:
+                    self._wake.wait()
+            time.sleep(self.interval)
+            self.flush()
+
+    def flush(self) -> int:
+        """Mark everything gathered so far, now; returns how many rows were marked."""
+        with self._wake:
+            ids, self._ids = self._ids, []
+        if not ids:
+            return 0
+        try:
+            return mark_published(self.database, ids)
+        except DependencyUnavailable as exc:
+            log.warning("could not mark %d published outbox rows (the relay will send them again): %s",
+                        len(ids), exc)
+            return 0
 
 
 class Breaker(Protocol):
@@ -118,6 +182,7 @@ class KafkaPublisher:
         self._producer_factory = producer_factory
         self._producer: Any = None
         self._lock = threading.Lock()
+        self._marks: PublishedMarks | None = None
 
     @property
     def breaker(self) -> Breaker:
@@ -242,27 +307,43 @@ class KafkaPublisher:
             if outcome.error is not None:
                 mark_failed(executor, outcome.record.id, outcome.error)
 
-    def publish_and_record(self, records: Sequence[OutboxRecord], database: Database) -> list[PublishOutcome]:
-        """Ingest's path: publish after commit, then record each outcome with one autocommit
-        UPDATE (a guarded single-row write needs no transaction around it).
+    def _published_marks(self, database: Database) -> PublishedMarks:
+        with self._lock:
+            if self._marks is None or self._marks.database is not database:
+                self._marks = PublishedMarks(database, self.config.outbox_mark_interval_ms / 1000.0)
+            return self._marks
 
-        If recording fails (database gone right now) the row simply stays
-        unpublished and the relay sends it again: consumers dedupe by eventId.
+    def publish_and_record(self, records: Sequence[OutboxRecord], database: Database) -> list[PublishOutcome]:
+        """Ingest's path: publish after commit, then record each outcome.
+
+        Published rows are handed to :class:`PublishedMarks` (or, with a mark
+        interval of 0, marked here by one autocommit UPDATE); a failed attempt is
+        recorded here at once (attempts, last error). If recording fails (database
+        gone right now) the row simply stays unpublished and the relay sends it
+        again: consumers dedupe by eventId.
         """
         outcomes = self.publish(records)
+        published = [o.record.id for o in outcomes if o.published]
         try:
-            self.record_outcomes(database, outcomes)
+            if published and self.config.outbox_mark_interval_ms:
+                self._published_marks(database).add(published)
+                self.record_outcomes(database, [o for o in outcomes if not o.published])
+            else:
+                self.record_outcomes(database, outcomes)
         except DependencyUnavailable as exc:
             ids = [r.id for r in records]
             log.warning("could not record the publish outcome of outbox rows %s: %s", ids, exc)
         return outcomes
 
     def close(self) -> None:
-        """Give in-flight records a moment to be acknowledged, then drop the producer."""
+        """Give in-flight records a moment to be acknowledged, write the pending marks,
+        then drop the producer."""
         with self._lock:
-            producer = self._producer
+            producer, marks = self._producer, self._marks
         if producer is not None:
             producer.flush(self.timeout_seconds)
+        if marks is not None:
+            marks.flush()
         self._drop_producer()
 
 

@@ -7,6 +7,7 @@ relay (a scheduled function, several may run at once) sends those rows later.
 Why it looks like this:
 - Each batch is ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` in one
   transaction that also records the outcome (published rows in ONE guarded UPDATE,
+  ``payfn_shared.outbox.mark_published``,
   failed ones with their attempt and error): two relays never hold the same row,
   and a row is marked (``published_at``, guarded by ``published_at IS NULL``) in
   the transaction that locked it, so once marked no relay sends it again.
@@ -30,7 +31,6 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError
 from payfn_shared.breaker import CallNotPermittedError
 from payfn_shared.config import ConfigError, load_dataclass, load_settings
 from payfn_shared.db import Cursor, Database
-from payfn_shared.outbox import OutboxRecord, mark_failed
+from payfn_shared.outbox import OutboxRecord, mark_failed, mark_published
 from payfn_shared.publisher import KafkaDeliveryError, KafkaPublisher, PublishOutcome
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,6 @@ SELECT_BATCH = (
     "SELECT id, event_id, event_type, topic, partition_key, payload FROM outbox_event"
     " WHERE published_at IS NULL AND created_at <= UTC_TIMESTAMP(3) - INTERVAL %s MICROSECOND"
     " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-)
-#: Marks a whole batch in one statement (the ids travel as ONE JSON array parameter),
-#: with the same guard as ``payfn_shared.outbox.mark_published``.
-MARK_PUBLISHED_BATCH = (
-    "UPDATE outbox_event o JOIN JSON_TABLE(%s, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j ON o.id = j.id"
-    " SET o.published_at = UTC_TIMESTAMP(3), o.attempts = o.attempts + 1, o.last_error = NULL"
-    " WHERE o.published_at IS NULL"
 )
 SELECT_BACKLOG = (
     "SELECT COUNT(*) AS backlog, TIMESTAMPDIFF(MICROSECOND, MIN(created_at), UTC_TIMESTAMP(3)) AS age_us"
@@ -248,9 +241,7 @@ class OutboxRelay:
         if outcomes is None:
             report.breaker_open = True
             return len(records), 0, deferred
-        published = [o.record.id for o in outcomes if o.published]
-        if published:
-            cursor.execute(MARK_PUBLISHED_BATCH, (json.dumps(published),))
+        mark_published(cursor, [o.record.id for o in outcomes if o.published])
         for outcome in outcomes:
             if not outcome.published:
                 mark_failed(cursor, outcome.record.id, outcome.error or "unknown error")
