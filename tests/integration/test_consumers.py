@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pymysql
@@ -20,6 +21,7 @@ from payfn_shared.consumers import (
     apply_balance,
     apply_ledger,
     balance_effect,
+    ledger_effect,
 )
 from payfn_shared.db import Database
 from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED
@@ -32,8 +34,8 @@ def database(settings: Settings) -> Iterator[Database]:
     database.close()
 
 
-@pytest.fixture
-def payment(db: pymysql.connections.Connection) -> Iterator[ConsumedEvent]:
+@contextmanager
+def completed_payment(db: pymysql.connections.Connection) -> Iterator[ConsumedEvent]:
     """A COMPLETED payment row written without its ledger entry (as no ingest would)."""
     payment_id, merchant = str(uuid.uuid4()), f"test-{uuid.uuid4().hex[:12]}"
     with db.cursor() as cursor:
@@ -46,6 +48,12 @@ def payment(db: pymysql.connections.Connection) -> Iterator[ConsumedEvent]:
         cursor.execute("DELETE FROM ledger_entry WHERE payment_id = %s", (payment_id,))
         cursor.execute("DELETE FROM payment WHERE id = %s", (payment_id,))
         cursor.execute("DELETE FROM merchant_balance WHERE merchant_id = %s", (merchant,))
+
+
+@pytest.fixture
+def payment(db: pymysql.connections.Connection) -> Iterator[ConsumedEvent]:
+    with completed_payment(db) as event:
+        yield event
 
 
 def ledger(db: pymysql.connections.Connection, payment_id: str) -> list[tuple[str, str, str, int]]:
@@ -103,3 +111,20 @@ def test_a_batch_claims_new_events_once_even_when_redelivered_with_duplicates(
         cursor.execute("SELECT authorized_total FROM merchant_balance WHERE merchant_id = %s"
                        " AND currency = 'EUR'", (payment.merchant_id,))
         assert cursor.fetchone() == (6,)
+
+
+def test_a_ledger_batch_verifies_repairs_and_passes_through_in_order(
+    database: Database, db: pymysql.connections.Connection, payment: ConsumedEvent,
+) -> None:
+    """One read serves the whole batch; each event still gets its own outcome, in order."""
+    apply_ledger(database, payment)
+    with completed_payment(db) as missing:
+        verified = replace(payment, event_id=str(uuid.uuid4()))
+        authorized = replace(missing, event_type=EVENT_AUTHORIZED, event_id=str(uuid.uuid4()))
+        batch = [verified, missing, authorized, replace(missing, event_id=str(uuid.uuid4()))]
+        outcomes = database.run_in_transaction(lambda cursor: ledger_effect(cursor, batch))
+        assert outcomes == [VERIFIED, REPAIRED, APPLIED, VERIFIED]
+        assert ledger(db, missing.payment_id) == [("CAPTURE", "merchant_receivable", "cash", 500)]
+        wrong = replace(missing, event_id=str(uuid.uuid4()), amount=499)
+        with pytest.raises(LedgerMismatch):
+            database.run_in_transaction(lambda cursor: ledger_effect(cursor, [verified, wrong]))

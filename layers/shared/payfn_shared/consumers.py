@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import pymysql
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent, KafkaEventRecord
 
-from payfn_shared.db import Cursor, Database, error_number
+from payfn_shared.db import Cursor, Database, error_number, in_list
 from payfn_shared.errors import DependencyUnavailable
 from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, TOPIC_BY_EVENT_TYPE
 from payfn_shared.payments.domain import CAPTURE, REFUND, Transition
@@ -177,38 +177,54 @@ def outcomes_in_order(events: Sequence[ConsumedEvent], results: dict[str, str]) 
 LEDGER_TRANSITIONS: dict[str, Transition] = {EVENT_CAPTURED: CAPTURE, EVENT_REFUNDED: REFUND}
 
 
-def _ensure_ledger_entry(cursor: Cursor, event: ConsumedEvent, transition: Transition) -> str:
-    cursor.execute(
-        "SELECT debit_account, credit_account, amount, currency FROM ledger_entry"
-        " WHERE payment_id = %s AND transition = %s",
-        (event.payment_id, transition.name),
-    )
-    row = cursor.fetchone()
-    if row is not None:
-        found = (row["debit_account"], row["credit_account"], int(row["amount"]), row["currency"])
+def _ensure_ledger_entries(cursor: Cursor,
+                           events: Sequence[tuple[ConsumedEvent, Transition]]) -> dict[str, str]:
+    """Verify each event's ledger entry, writing the missing ones; one SELECT for the batch.
+
+    The entries of every payment in the batch come back in one read (the unique
+    ``(payment_id, transition)`` index serves ``payment_id IN (…)``), instead of
+    one read per event; only a missing entry costs a statement of its own.
+    """
+    marks, params = in_list(sorted({event.payment_id for event, _ in events}))
+    columns = "payment_id, transition, debit_account, credit_account, amount, currency"
+    cursor.execute(f"SELECT {columns} FROM ledger_entry WHERE payment_id IN ({marks})", params)  # noqa: S608
+    entries = {(row["payment_id"], row["transition"]):
+               (row["debit_account"], row["credit_account"], int(row["amount"]), row["currency"])
+               for row in cursor.fetchall()}
+    results: dict[str, str] = {}
+    for event, transition in events:
         wanted = (transition.debit_account, transition.credit_account, event.amount, event.currency)
-        if found != wanted:
-            raise LedgerMismatch(f"{transition.name} entry of payment {event.payment_id} is {found}, "
-                                 f"event {event.event_id} says {wanted}")
-        return VERIFIED
-    cursor.execute(
-        "INSERT INTO ledger_entry (payment_id, transition, debit_account, credit_account, amount, currency,"
-        " created_at) VALUES (%s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(3))",
-        (event.payment_id, transition.name, transition.debit_account, transition.credit_account,
-         event.amount, event.currency),
-    )
-    log.warning("ledger entry %s of payment %s was missing; written from event %s",
-                transition.name, event.payment_id, event.event_id)
-    return REPAIRED
+        found = entries.get((event.payment_id, transition.name))
+        if found is not None:
+            if found != wanted:
+                raise LedgerMismatch(f"{transition.name} entry of payment {event.payment_id} is {found}, "
+                                     f"event {event.event_id} says {wanted}")
+            results[event.event_id] = VERIFIED
+            continue
+        cursor.execute(
+            "INSERT INTO ledger_entry (payment_id, transition, debit_account, credit_account, amount,"
+            " currency, created_at) VALUES (%s, %s, %s, %s, %s, %s, UTC_TIMESTAMP(3))",
+            (event.payment_id, transition.name, *wanted),
+        )
+        entries[(event.payment_id, transition.name)] = wanted
+        log.warning("ledger entry %s of payment %s was missing; written from event %s",
+                    transition.name, event.payment_id, event.event_id)
+        results[event.event_id] = REPAIRED
+    return results
 
 
 def ledger_effect(cursor: Cursor, events: Sequence[ConsumedEvent]) -> list[str]:
     """The ledger consumer's effect in the caller's transaction: verify or write the missing entries."""
     results: dict[str, str] = {}
+    entries: list[tuple[ConsumedEvent, Transition]] = []
     for event in claim(cursor, LEDGER_CONSUMER, events):
         transition = LEDGER_TRANSITIONS.get(event.event_type)
-        results[event.event_id] = APPLIED if transition is None else _ensure_ledger_entry(cursor, event,
-                                                                                          transition)
+        if transition is None:
+            results[event.event_id] = APPLIED
+        else:
+            entries.append((event, transition))
+    if entries:
+        results.update(_ensure_ledger_entries(cursor, entries))
     return outcomes_in_order(events, results)
 
 
