@@ -202,10 +202,12 @@ def test_close_writes_pending_marks_and_a_database_outage_drops_them() -> None:
     publisher.publish_and_record([_record(41)], database)  # type: ignore[arg-type]
     publisher.close()
     assert [params for _, params, _ in database.statements] == [(41,)]
-    down = RecordingDatabase(fail=True)
-    marks = PublishedMarks(down, interval=1.0)  # type: ignore[arg-type]
-    marks.add([42])
-    assert marks.flush() == 0, "logged and dropped: the relay sends the row again"
+    down, other = RecordingDatabase(fail=True), RecordingDatabase()
+    marks = PublishedMarks(interval=1.0)
+    marks.add(down, [42])  # type: ignore[arg-type]
+    marks.add(other, [43])  # type: ignore[arg-type]
+    assert marks.flush() == 1, "the outage drops its marks (the relay sends the row again), not the others'"
+    assert [params for _, params, _ in other.statements] == [(43,)]
     assert marks.flush() == 0
 
 

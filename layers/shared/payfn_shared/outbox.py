@@ -65,6 +65,13 @@ def insert_event(cursor: Cursor, event: PaymentEvent, created_at: datetime) -> O
     return OutboxRecord(outbox_id, event.event_id, event.event_type, event.topic, event.key, value)
 
 
+#: ``{ids}`` becomes one ``%s`` placeholder per row (``in_list``): the ids stay parameters.
+MARK_PUBLISHED = (
+    "UPDATE outbox_event SET published_at = UTC_TIMESTAMP(3), attempts = attempts + 1, last_error = NULL"
+    " WHERE id IN ({ids}) AND published_at IS NULL"
+)
+
+
 def mark_published(executor: Executor, outbox_ids: Iterable[int]) -> int:
     """Mark rows published (only those not yet marked) in one statement; returns how many.
 
@@ -78,11 +85,7 @@ def mark_published(executor: Executor, outbox_ids: Iterable[int]) -> int:
     if not ids:
         return 0
     marks, params = in_list(ids)
-    guard = f"WHERE id IN ({marks}) AND published_at IS NULL"
-    return executor.execute(
-        f"UPDATE outbox_event SET published_at = UTC_TIMESTAMP(3), attempts = attempts + 1, last_error = NULL {guard}",  # noqa: S608, E501 - placeholders only
-        params,
-    )
+    return executor.execute(MARK_PUBLISHED.format(ids=marks), params)
 
 
 def mark_failed(executor: Executor, outbox_id: int, error: str) -> int:

@@ -106,21 +106,20 @@ class PublishedMarks:
 
     ``add`` only appends ids; the thread wakes on the first id, waits ``interval``
     so that the ids of every request in between join, and marks them all in one
-    guarded UPDATE on its own connection (``Database`` keeps one per thread). A
-    failed UPDATE is logged and dropped: the rows stay unpublished and the relay
-    sends them again once they are past its grace period.
+    guarded UPDATE per database on its own connection (``Database`` keeps one per
+    thread). A failed UPDATE is logged and dropped: the rows stay unpublished and
+    the relay sends them again once they are past its grace period.
     """
 
-    def __init__(self, database: Database, interval: float) -> None:
-        self.database = database
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._ids: list[int] = []
+        self._pending: dict[Database, list[int]] = {}
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def add(self, outbox_ids: Sequence[int]) -> None:
+    def add(self, database: Database, outbox_ids: Sequence[int]) -> None:
         with self._wake:
-            self._ids.extend(outbox_ids)
+            self._pending.setdefault(database, []).extend(outbox_ids)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="outbox-marks", daemon=True)
                 self._thread.start()
@@ -129,7 +128,7 @@ class PublishedMarks:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._ids:
+                while not self._pending:
                     self._wake.wait()
             time.sleep(self.interval)
             self.flush()
@@ -137,15 +136,15 @@ class PublishedMarks:
     def flush(self) -> int:
         """Mark everything gathered so far, now; returns how many rows were marked."""
         with self._wake:
-            ids, self._ids = self._ids, []
-        if not ids:
-            return 0
-        try:
-            return mark_published(self.database, ids)
-        except DependencyUnavailable as exc:
-            log.warning("could not mark %d published outbox rows (the relay will send them again): %s",
-                        len(ids), exc)
-            return 0
+            pending, self._pending = self._pending, {}
+        marked = 0
+        for database, ids in pending.items():
+            try:
+                marked += mark_published(database, ids)
+            except DependencyUnavailable as exc:
+                log.warning("could not mark %d published outbox rows (the relay will send them again): %s",
+                            len(ids), exc)
+        return marked
 
 
 class Breaker(Protocol):
@@ -182,7 +181,7 @@ class KafkaPublisher:
         self._producer_factory = producer_factory
         self._producer: Any = None
         self._lock = threading.Lock()
-        self._marks: PublishedMarks | None = None
+        self._marks = PublishedMarks(self.config.outbox_mark_interval_ms / 1000.0)
 
     @property
     def breaker(self) -> Breaker:
@@ -307,12 +306,6 @@ class KafkaPublisher:
             if outcome.error is not None:
                 mark_failed(executor, outcome.record.id, outcome.error)
 
-    def _published_marks(self, database: Database) -> PublishedMarks:
-        with self._lock:
-            if self._marks is None or self._marks.database is not database:
-                self._marks = PublishedMarks(database, self.config.outbox_mark_interval_ms / 1000.0)
-            return self._marks
-
     def publish_and_record(self, records: Sequence[OutboxRecord], database: Database) -> list[PublishOutcome]:
         """Ingest's path: publish after commit, then record each outcome.
 
@@ -326,7 +319,7 @@ class KafkaPublisher:
         published = [o.record.id for o in outcomes if o.published]
         try:
             if published and self.config.outbox_mark_interval_ms:
-                self._published_marks(database).add(published)
+                self._marks.add(database, published)
                 self.record_outcomes(database, [o for o in outcomes if not o.published])
             else:
                 self.record_outcomes(database, outcomes)
@@ -339,11 +332,10 @@ class KafkaPublisher:
         """Give in-flight records a moment to be acknowledged, write the pending marks,
         then drop the producer."""
         with self._lock:
-            producer, marks = self._producer, self._marks
+            producer = self._producer
         if producer is not None:
             producer.flush(self.timeout_seconds)
-        if marks is not None:
-            marks.flush()
+        self._marks.flush()
         self._drop_producer()
 
 
