@@ -23,6 +23,7 @@ from payfn_shared.config import Settings
 from infra.components import KafkaBroker, MariaDB, Redis
 from infra.process import free_port
 from infra.stack import Supervisor
+from tests.integration.registry_support import wait_until
 
 
 def merchant() -> str:
@@ -52,18 +53,16 @@ def rows(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> list
 
 def rows_once(connection: Connection, sql: str, params: tuple[Any, ...],
               ready: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0) -> list[dict[str, Any]]:
-    """``rows`` as soon as ``ready`` holds for them (asserted within ``timeout``).
+    """``rows`` as soon as ``ready`` holds for them (and they are not empty), within ``timeout``.
 
     For outbox marks: ``published_at`` is written by the publisher's background
     thread up to ``PAYFN_OUTBOX_MARK_INTERVAL_MS`` after the answer, not in the request.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        found = rows(connection, sql, params)
-        if ready(found):
-            return found
-        assert time.monotonic() < deadline, f"not ready within {timeout} s: {found}"
-        time.sleep(0.02)
+    def found() -> list[dict[str, Any]] | None:
+        result = rows(connection, sql, params)
+        return result if result and ready(result) else None
+
+    return wait_until(found, timeout=timeout, interval=0.02)
 
 
 def count(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> int:

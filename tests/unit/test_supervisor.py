@@ -125,6 +125,7 @@ def test_background_component_and_what_it_starts_run_nicer(tmp_path: Path) -> No
         deadline = time.monotonic() + 5
         children: list[str] = []
         while not children and time.monotonic() < deadline:
+            time.sleep(0.01)
             children = Path(f"/proc/{status.pid}/task/{status.pid}/children").read_text().split()
         assert children, "the component's child never started"
         assert _niceness(int(children[0])) == min(19, own + 7)
