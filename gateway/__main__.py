@@ -31,29 +31,29 @@ SERVICE_NAME = "API-GATEWAY"
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, never bound
 
 
-def build_gateway(template: Path, routes: Path, registry_url: str, config: GatewayConfig) -> Gateway:
+def build_gateway(template: Path, routes: Path, registry_url: str, config: GatewayConfig,
+                  invoke_token: str = "") -> Gateway:
     """Everything but the listening socket, so tests can build one in process."""
     directory = ServiceDirectory(
         registry_url, config.gateway_refresh_interval, config.gateway_probe_interval,
         config.gateway_pool_size, config.gateway_connect_timeout,
     )
     return Gateway(load_routes(routes), ApiMap.from_template(load_template(template)), directory, config,
-                   AccessLog(), template)
+                   AccessLog(), template, invoke_token=invoke_token)
 
 
 async def run(args: argparse.Namespace) -> None:
     settings = load_settings()
     config: GatewayConfig = load_dataclass(GatewayConfig)
     registry_url = args.registry_url or settings.registry_url
-    gateway = build_gateway(args.template, args.routes, registry_url, config)
-    server = await gateway.serve(args.host, args.port)
+    gateway = build_gateway(args.template, args.routes, registry_url, config, settings.invoke_token)
+    port = await gateway.serve(args.host, args.port)
     # Everything allocated so far lives as long as the process: keep it out of the
     # collector's scans, so collections under load stay short (they show in p99).
     gc.freeze()
     # Scrapes render on a thread (see Gateway): the loop thread waits at most this long
     # for the GIL when it wakes during a render (CPython's default is 5 ms).
     sys.setswitchinterval(0.001)
-    port = server.sockets[0].getsockname()[1]
     sys.stdout.write(f"LISTENING http://{args.host}:{port}\n")
     sys.stdout.flush()
     log.info("gateway on %s:%s, routes %s", args.host, port, ", ".join(r.id for r in gateway.routes))
@@ -62,9 +62,10 @@ async def run(args: argparse.Namespace) -> None:
         advertise = "127.0.0.1" if args.host in WILDCARDS else args.host
         instance = InstanceInfo(SERVICE_NAME, f"{socket.gethostname()}:api-gateway:{port}", advertise, port,
                                 metadata={"metricsPath": "/actuator/prometheus", "application": "gateway"})
-        registration = Registration(RegistryClient(registry_url), instance, config.gateway_renew_seconds)
+        client = RegistryClient(registry_url, credentials=settings.registry_credentials)
+        registration = Registration(client, instance, config.gateway_renew_seconds)
         registration.start()
-    await serve_until_signal(registration, lambda: gateway.close(server), log)
+    await serve_until_signal(registration, gateway.close, log)
 
 
 def main(argv: list[str] | None = None) -> int:

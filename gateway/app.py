@@ -25,13 +25,13 @@ from gateway.events import ProxyResultError, build_event, clean_headers, map_res
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.routing import ApiMap, ApiRoute, Failure, GatewayRoute, MethodNotAllowed
 from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamError, UpstreamTimeout
-from infra.http_server import HttpProtocol, Request, Response
+from infra.net.invoke import INVOKE_TOKEN_HEADER
+from infra.net.server import HttpServer, Limits, Refusal, Request, Response, load_limits
 from infra.template import load_template
 
 log = logging.getLogger("payfn.gateway")
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
 JSON = ("Content-Type", "application/json")
-_INVOKE_HEADERS = [("Content-Type", "application/json"), ("X-Amz-Invocation-Type", "RequestResponse")]
 #: ``kind`` label of the retry and error counters.
 _FAILURE_KIND = {Failure.CONNECT: "connect_failure", Failure.CONNECTION_LOST: "connection_lost"}
 
@@ -84,7 +84,8 @@ class Gateway:
 
     def __init__(self, routes: list[GatewayRoute], api_map: ApiMap, directory: ServiceDirectory,
                  config: GatewayConfig, access_log: AccessLog | None = None,
-                 template: Path | None = None) -> None:
+                 template: Path | None = None, limits: Limits | None = None,
+                 invoke_token: str = "") -> None:
         self.routes = routes
         self.api_map = api_map
         self.template = template
@@ -98,16 +99,17 @@ class Gateway:
         # would stall every request in flight, so it runs on one thread (scrapes serialised).
         self._scrape = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrape")
         self.access_log = access_log if config.gateway_access_log else None
-        self.connections: set[HttpProtocol] = set()
+        self._invoke_headers = [("Content-Type", "application/json"),
+                                ("X-Amz-Invocation-Type", "RequestResponse")]
+        if invoke_token:
+            self._invoke_headers.append((INVOKE_TOKEN_HEADER, invoke_token))
+        self.http = HttpServer(self.handle, limits or load_limits(config.gateway_max_body_bytes), self.refuse)
 
-    def protocol(self) -> HttpProtocol:
-        return HttpProtocol(self.handle, self.connections, self.config.gateway_max_body_bytes, self.too_large)
-
-    def too_large(self, request: Request) -> Response:
-        limit = self.config.gateway_max_body_bytes
-        response = Response(
-            413, error_body("PAYLOAD_TOO_LARGE", f"request body exceeds {limit} bytes"), [JSON])
-        self._finish(request, _Outcome(response), time.perf_counter(), self._request_id(request))
+    def refuse(self, refusal: Refusal) -> Response:
+        """A request the server answered itself (too large, stalled, malformed): payfn's error body."""
+        response = Response(refusal.status, error_body(refusal.code, refusal.message), [JSON])
+        request = Request(refusal.method or "-", refusal.path or "-", "", [], b"")
+        self._finish(request, _Outcome(response), time.perf_counter(), new_request_id())
         return response
 
     @staticmethod
@@ -212,7 +214,8 @@ class Gateway:
                 return _Outcome(Response(503, error_body("SERVICE_UNAVAILABLE", message), [JSON]))
             tried.add(target.instance_id)
             try:
-                answer = await target.pool.request("POST", target_path, payload, _INVOKE_HEADERS, timeout)
+                answer = await target.pool.request("POST", target_path, payload, self._invoke_headers,
+                                                   timeout)
             except ConnectFailed as failure:
                 if failure.refused:
                     self.directory.suspend(target, "refused the connection")
@@ -311,14 +314,14 @@ class Gateway:
         return _Outcome(Response(
             404, error_body("NOT_FOUND", f"No route for {request.path}"), [JSON]))
 
-    async def serve(self, host: str, port: int) -> asyncio.Server:
-        """Fetch the registry once (so the first requests find instances), then listen."""
+    async def serve(self, host: str, port: int) -> int:
+        """Fetch the registry once (so the first requests find instances), then listen; returns the port."""
         await self.directory.refresh()
         self.directory.start()
         loop = asyncio.get_running_loop()
         if self.template is not None:
             self._watcher = loop.create_task(self._watch_template(self.template))
-        return await loop.create_server(self.protocol, host, port, backlog=1024, reuse_address=True)
+        return await self.http.start(host, port)
 
     async def _watch_template(self, template: Path) -> None:
         """Pick up template edits (new functions, paths) without a restart, as hosts pick up code.
@@ -338,13 +341,10 @@ class Gateway:
             except Exception as exc:  # any loading error keeps the old map
                 log.warning("template %s not reloaded: %s", template, exc)
 
-    async def close(self, server: asyncio.Server) -> None:
-        server.close()
+    async def close(self) -> None:
+        await self.http.close()
         if self._watcher is not None:
             self._watcher.cancel()
-        for connection in list(self.connections):
-            if connection.transport is not None:
-                connection.transport.close()
         await self.directory.stop()
         self._scrape.shutdown(wait=False, cancel_futures=True)
         if self.access_log is not None:

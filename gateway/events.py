@@ -24,7 +24,7 @@ from urllib.parse import unquote_plus
 import orjson
 
 from gateway.routing import ApiRoute
-from infra.http_server import Request
+from infra.net.server import Request
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"

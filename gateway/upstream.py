@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[UpstreamResponse] | None = None
         self.closed = False
         self.received = False
+        self.idle_since = 0.0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
 
@@ -149,6 +151,11 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamTimeout(f"no answer from {self.pool.address} within {timeout:.1f} s"))
 
 
+#: An idle connection older than this is not reused: the server closes idle ones after
+#: ``PAYFN_HTTP_IDLE_TIMEOUT`` (75 s), and a request must never meet that close half-way.
+MAX_IDLE_SECONDS = 30.0
+
+
 class UpstreamPool:
     """Keep-alive connections to one ``host:port``, opened on demand, up to ``max_idle`` kept."""
 
@@ -194,11 +201,16 @@ class UpstreamPool:
                       timeout: float = 30.0) -> UpstreamResponse:
         """One request on an idle connection (or a new one); the connection returns to the pool after."""
         connection = None
+        fresh_after = time.monotonic() - MAX_IDLE_SECONDS
         while self._idle:
             candidate = self._idle.pop()
-            if not candidate.closed:
-                connection = candidate
-                break
+            if candidate.closed:
+                continue
+            if candidate.idle_since < fresh_after:
+                candidate.close()
+                continue
+            connection = candidate
+            break
         if connection is None:
             connection = await self._connect()
         lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
@@ -211,6 +223,7 @@ class UpstreamPool:
             connection.close()
             raise
         if not connection.closed and not self.closed and len(self._idle) < self.max_idle:
+            connection.idle_since = time.monotonic()
             self._idle.append(connection)
         elif not connection.closed:
             connection.close()

@@ -182,7 +182,7 @@ class MariaDB(Component):
             f"--pid-file={self.paths.data('mariadb') / 'mariadbd.pid'}", f"--user={getpass.getuser()}",
             "--skip-name-resolve", "--max-connections=600", "--innodb-buffer-pool-size=256M",
             "--innodb-flush-log-at-trx-commit=1", "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_unicode_ci",
+            "--collation-server=utf8mb4_unicode_ci", "--event-scheduler=ON",
         ]
 
     def _connect(self, user: str, password: str, database: str | None = None):
@@ -222,21 +222,39 @@ class MariaDB(Component):
 
         s = self.settings
         if owned:
-            statements = [f"CREATE DATABASE IF NOT EXISTS `{s.db_name}` CHARACTER SET utf8mb4"]
-            for user, password, grant in (
-                (s.db_user, s.db_password, "ALL PRIVILEGES"),
-                (s.db_readonly_user, s.db_readonly_password, "SELECT"),
-            ):
-                for origin in ("127.0.0.1", "localhost", "::1"):
-                    statements += [
-                        f"CREATE USER IF NOT EXISTS '{user}'@'{origin}' IDENTIFIED BY '{password}'",
-                        f"ALTER USER '{user}'@'{origin}' IDENTIFIED BY '{password}'",
-                        f"GRANT {grant} ON `{s.db_name}`.* TO '{user}'@'{origin}'",
-                    ]
-            self._admin_sql(";\n".join(statements) + ";\n")
+            self._admin_sql(self._users_sql())
         connection = self._connect(s.db_user, s.db_password, s.db_name)
         with connection:
             apply_migrations(connection)
+        if owned:
+            self._admin_sql(f"USE `{s.db_name}`;\n" + self._reader_guard_sql())
+
+    def _users_sql(self) -> str:
+        """payuser owns paydb; payreader may only SELECT, with the server's own bounds on it."""
+        s = self.settings
+        statements = [f"CREATE DATABASE IF NOT EXISTS `{s.db_name}` CHARACTER SET utf8mb4"]
+        reader_limits = (f" WITH MAX_STATEMENT_TIME {s.db_readonly_statement_seconds}"
+                         f" MAX_USER_CONNECTIONS {s.db_readonly_max_connections}")
+        for user, password, grant, limits in (
+            (s.db_user, s.db_password, "ALL PRIVILEGES", ""),
+            (s.db_readonly_user, s.db_readonly_password, "SELECT", reader_limits),
+        ):
+            for origin in ("127.0.0.1", "localhost", "::1"):
+                statements += [
+                    f"CREATE USER IF NOT EXISTS '{user}'@'{origin}' IDENTIFIED BY '{password}'",
+                    f"ALTER USER '{user}'@'{origin}' IDENTIFIED BY '{password}'{limits}",
+                    f"GRANT {grant} ON `{s.db_name}`.* TO '{user}'@'{origin}'",
+                ]
+        return ";\n".join(statements) + ";\n"
+
+    def _reader_guard_sql(self) -> str:
+        """The event that ends the read-only user's sessions that lock rows or run too long."""
+        s = self.settings
+        template = (Path(__file__).resolve().parent / "migrations" / "admin" / "reader_guard.sql").read_text(
+            encoding="utf-8")
+        return (template.replace("{reader}", s.db_readonly_user)
+                .replace("{statement_seconds}", str(s.db_readonly_statement_seconds + 1))
+                .replace("{transaction_seconds}", str(s.db_readonly_transaction_seconds)))
 
     def url(self) -> str:
         return f"mysql://{self.settings.db_user}@{self.address}/{self.settings.db_name}"

@@ -44,10 +44,11 @@ from typing import Any, Protocol
 
 import prometheus_client
 from payfn_shared.config import load_settings, merged_environment
+from payfn_shared.numbers import parse_decimal
 from payfn_shared.registry import RegistryClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infra.invoke import InvokeUnavailable, ServiceInvoker
+from infra.net.invoke import InvokeUnavailable, ServiceInvoker
 from infra.runtime.functions import ACCOUNT_ID, REGION, template_parameters
 from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, Template, TemplateError, load_template
@@ -89,7 +90,8 @@ def _cron_field(text: str, low: int, high: int, names: Mapping[str, int] | None 
     names = {k.upper(): v for k, v in (names or {}).items()}
 
     def value(token: str) -> int:
-        number = names.get(token.upper()) if not token.isdigit() else int(token)
+        number = parse_decimal(token, 4)
+        number = names.get(token.upper()) if number is None else number
         if number is None or not low <= number <= high:
             raise ScheduleError(f"cron value {token!r} is not in {low}-{high}")
         return number
@@ -366,11 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {name.strip() for name in args.functions.split(",") if name.strip()}
     if wanted:
         rules = [rule for rule in rules if rule.function in wanted]
-    registry = RegistryClient(args.registry_url or settings.registry_url)
+    registry = RegistryClient(args.registry_url or settings.registry_url,
+                              credentials=settings.registry_credentials)
     invokers: dict[str, ServiceInvoker] = {}
 
     def invoker_for(service: str) -> ServiceInvoker:
-        return invokers.setdefault(service, ServiceInvoker(registry, service))
+        return invokers.setdefault(service, ServiceInvoker(registry, service, settings.invoke_token))
 
     metrics = SchedulerMetrics()
     scheduler = Scheduler(rules, invoker_for, metrics)

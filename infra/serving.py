@@ -20,17 +20,22 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from infra.net.server import HttpServer, Request, Response, ThreadedServer, blocking, load_limits
+
 if TYPE_CHECKING:
     from infra.runtime.registration import Registration
 
 log = logging.getLogger("payfn.serving")
+JSON = ("Content-Type", "application/json")
+#: The status endpoints take no body.
+STATUS_MAX_BODY_BYTES = 1024
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,50 +48,39 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class StatusServer:
-    """``GET /metrics`` (Prometheus text of ``registry``) and ``GET /health`` (JSON of ``health()``)."""
+    """``GET /metrics`` (Prometheus text of ``registry``) and ``GET /health`` (JSON of ``health()``).
+
+    Served by the one HTTP server on a thread of its own (:class:`ThreadedServer`), so the
+    process's blocking main loop and the scrapes never wait for each other.
+    """
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
                  health: Callable[[], dict[str, Any]]) -> None:
-        owner = self
+        self._registry = registry
+        self._health = health
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
+        server = HttpServer(blocking(self._handle, self._executor), load_limits(STATUS_MAX_BODY_BYTES))
+        self._server = ThreadedServer(server, host, port)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    owner._reply(self, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/health":
-                    owner._reply(self, 200, json.dumps(health()).encode(), "application/json")
-                else:
-                    owner._reply(self, 404, b'{"message": "not found"}', "application/json")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Scrapes every few seconds would flood the log; stay quiet."""
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="status-http", daemon=True)
-
-    @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", content_type)
-            handler.send_header("Content-Length", str(len(body)))
-            handler.end_headers()
-            handler.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            log.debug("client went away before the answer")
+    def _handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b'{"message": "method not allowed"}', [JSON])
+        if request.path == "/metrics":
+            return Response(200, generate_latest(self._registry), [("Content-Type", CONTENT_TYPE_LATEST)])
+        if request.path == "/health":
+            return Response(200, json.dumps(self._health()).encode(), [JSON])
+        return Response(404, b'{"message": "not found"}', [JSON])
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.stop()
+        self._executor.shutdown(wait=False)
 
 
 class RegistryLease:

@@ -51,15 +51,18 @@ def stack_paths(settings: Settings) -> StackPaths:
 
 
 def ensure_credentials(settings: Settings) -> Settings:
-    """Generate the local database passwords once (kept in .stack/credentials.env, mode 600).
+    """Generate the stack's secrets once (kept in .stack/credentials.env, mode 600).
 
-    Nothing secret is in the repository: a password given in the environment or
-    .env wins; otherwise the stack makes one on first start and reuses it.
+    The database passwords, the registry's password and the Invoke API token. Nothing
+    secret is in the repository: a value given in the environment or .env wins;
+    otherwise the stack makes one on first start and reuses it.
     """
     path = Path(os.environ.get("PAYFN_CREDENTIALS_FILE", stack_paths(settings).root / "credentials.env"))
     stored = read_env_file(path)
     given = {"PAYFN_DB_PASSWORD": settings.db_password,
-             "PAYFN_DB_READONLY_PASSWORD": settings.db_readonly_password}
+             "PAYFN_DB_READONLY_PASSWORD": settings.db_readonly_password,
+             "PAYFN_REGISTRY_PASSWORD": settings.registry_password,
+             "PAYFN_INVOKE_TOKEN": settings.invoke_token}
     wanted = {key: value or stored.get(key) or secrets.token_urlsafe(24) for key, value in given.items()}
     if any(stored.get(key) != value for key, value in wanted.items()):
         stored.update(wanted)
@@ -67,7 +70,9 @@ def ensure_credentials(settings: Settings) -> Settings:
         path.write_text("".join(f"{k}={v}\n" for k, v in stored.items()), encoding="utf-8")
         path.chmod(0o600)
     return replace(settings, db_password=wanted["PAYFN_DB_PASSWORD"],
-                   db_readonly_password=wanted["PAYFN_DB_READONLY_PASSWORD"])
+                   db_readonly_password=wanted["PAYFN_DB_READONLY_PASSWORD"],
+                   registry_password=wanted["PAYFN_REGISTRY_PASSWORD"],
+                   invoke_token=wanted["PAYFN_INVOKE_TOKEN"])
 
 
 class Supervisor:

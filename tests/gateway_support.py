@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import uvloop
+from payfn_shared.config import load_settings
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
@@ -245,15 +246,15 @@ class GatewayThread:
                                      self.config.gateway_probe_interval, self.config.gateway_pool_size,
                                      self.config.gateway_connect_timeout)
         self.gateway = Gateway(load_routes(ROUTES_PATH), ApiMap.from_template(load_template(template)),
-                               directory, self.config, template=template)
+                               directory, self.config, template=template,
+                               invoke_token=load_settings().invoke_token)
         self.loop = uvloop.new_event_loop()
         self.port = 0
         ready = threading.Event()
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(self.gateway.serve("127.0.0.1", 0))
-            self.port = self.server.sockets[0].getsockname()[1]
+            self.port = self.loop.run_until_complete(self.gateway.serve("127.0.0.1", 0))
             ready.set()
             self.loop.run_forever()
 
@@ -268,7 +269,7 @@ class GatewayThread:
             asyncio.run_coroutine_threadsafe(self.gateway.directory.refresh(), self.loop).result(5)
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.gateway.close(self.server), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(self.gateway.close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 

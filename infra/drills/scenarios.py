@@ -18,18 +18,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from payfn_shared.breaker import CONFIG_PREFIX, BreakerConfig, RedisCircuitBreaker
+from payfn_shared.config import load_dataclass
+from payfn_shared.publisher import BREAKER_NAME
+
 from infra.drills.client import CONNECTION_ERROR, Answer, GatewayClient
 from infra.drills.config import DrillConfig
 from infra.drills.consistency import check_consistency, connect, expand_in, in_list
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import POLLER_APP, SCHEDULER_APP, DrillTarget
 from infra.process import pid_alive, port_open
+from infra.runtime.functions import load_definitions, template_parameters
+from infra.template import TEMPLATE_PATH, load_template
 
 T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = "CLOSED", "OPEN", "HALF_OPEN"
 WAIT_PARAMETER = "BreakerWaitDurationInOpenStateSeconds"
 HALF_OPEN_PARAMETER = "BreakerMaxWaitDurationInHalfOpenStateSeconds"
+AUTHORIZE_FUNCTION = "AuthorizeFunction"
 
 
 @dataclass
@@ -59,6 +66,53 @@ def poll(probe: Callable[[], T], done: Callable[[T], bool], timeout: float,
         if done(value) or elapsed >= timeout:
             return value, elapsed
         time.sleep(interval)
+
+
+def surely_opens(snapshot: dict[str, object], config: BreakerConfig, successes: int, failures: int) -> bool:
+    """Whether ``successes`` then ``failures`` calls open a CLOSED breaker whatever its window holds.
+
+    A count-based window keeps the last ``sliding_window_size`` calls; which of the calls
+    already there the new ones push out is not known, so the worst case is assumed (the
+    failures go first). On a fresh breaker this is the seed's 5 + 6 = 54.5 %.
+    """
+    size = config.sliding_window_size
+    buffered = int(snapshot.get("numberOfBufferedCalls", 0))  # type: ignore[call-overload]
+    failed = int(snapshot.get("numberOfFailedCalls", 0))  # type: ignore[call-overload]
+    calls = buffered + successes + failures
+    evicted = max(0, calls - size)
+    in_window = min(calls, size)
+    worst_failed = min(in_window, max(0, failed - evicted) + failures)
+    rate = 100 * worst_failed / in_window if in_window else 0.0
+    return in_window >= config.closed_minimum and rate >= config.failure_rate_threshold
+
+
+def ingest_breaker_config(target: DrillTarget) -> BreakerConfig:
+    """The kafka-publisher breaker's settings as the ingest functions see them (their environment)."""
+    template = load_template(TEMPLATE_PATH, template_parameters(target.settings))
+    definition = load_definitions(template, TEMPLATE_PATH.parent, names=[AUTHORIZE_FUNCTION])[0]
+    config: BreakerConfig = load_dataclass(BreakerConfig, env=definition.variables, prefix=CONFIG_PREFIX)
+    return config
+
+
+def prepare_breaker_window(drill: Drill) -> None:
+    """Say what the breaker's window holds; reset it (an admin transition) when the seed's outage
+    could not open it, e.g. on a stack whose window is already full of successes."""
+    report, config = drill.report, drill.config
+    breaker = ingest_breaker_config(drill.target)
+    before = drill.client.breaker().body
+    report.info("breaker window before the drill",
+                f"{before.get('numberOfBufferedCalls')} of {breaker.sliding_window_size} calls buffered, "
+                f"{before.get('numberOfFailedCalls')} failed (rate {before.get('failureRate')} %); opens at "
+                f"{breaker.failure_rate_threshold:g} % of at least {breaker.closed_minimum} calls")
+    if surely_opens(before, breaker, config.drill_warmup_requests, config.drill_outage_requests):
+        return
+    RedisCircuitBreaker(BREAKER_NAME, breaker).reset()
+    after = drill.client.breaker().body
+    report.check("breaker window reset for the drill",
+                 f"{config.drill_warmup_requests} successes + {config.drill_outage_requests} failures cannot "
+                 "open the window as it is: admin transition to CLOSED, empty window",
+                 after.get("state") == CLOSED and after.get("numberOfBufferedCalls") == 0,
+                 f"snapshot {after}")
 
 
 def breaker_state(drill: Drill) -> str:
@@ -131,6 +185,7 @@ def drill_breaker(drill: Drill) -> None:
     warm_up(drill)
     state = breaker_state(drill)
     report.check("initial state", "kafka-publisher breaker is CLOSED", state == CLOSED, state)
+    prepare_breaker_window(drill)
 
     warm = [client.authorize(drill.merchant) for _ in range(config.drill_warmup_requests)]
     report.check(f"{len(warm)} normal authorizes", "all 200 REQUESTED",

@@ -35,7 +35,7 @@ from payfn_shared.registry import RegistryClient
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
-from infra.invoke import ServiceInvoker
+from infra.net.invoke import ServiceInvoker
 from infra.runtime.functions import template_parameters
 from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {name.strip() for name in args.functions.split(",") if name.strip()}
     if wanted:
         sources = [s for s in sources if s.function in wanted]
-    registry = RegistryClient(args.registry_url or settings.registry_url)
+    registry = RegistryClient(args.registry_url or settings.registry_url,
+                              credentials=settings.registry_credentials)
     invokers: dict[str, ServiceInvoker] = {}
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","),
                              client_id=f"payfn-poller-dlq-{args.instance}", acks="all",
                              enable_idempotence=True, linger_ms=0)
     metrics = PollerMetrics()
     pollers = [
-        KafkaPoller(source, args.instance, invokers.setdefault(source.service, ServiceInvoker(registry,
-                                                                                              source.service)),
+        KafkaPoller(source, args.instance, invokers.setdefault(source.service, ServiceInvoker(
+                        registry, source.service, settings.invoke_token)),
                     producer, metrics, config)
         for source in sources
     ]

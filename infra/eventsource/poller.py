@@ -52,7 +52,7 @@ from payfn_shared.topics import PAYMENT_DLQ
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.eventsource.sources import KafkaRecord, KafkaSource, group_instance_id, lambda_kafka_event
-from infra.invoke import InvokeResult, InvokeUnavailable, ServiceInvoker
+from infra.net.invoke import InvokeResult, InvokeUnavailable, ServiceInvoker
 
 log = logging.getLogger("payfn.eventsource")
 

@@ -7,11 +7,11 @@ import logging
 import signal
 import sys
 import threading
-from types import FrameType
 
 from payfn_shared.config import ConfigError, load_dataclass, load_settings, merged_environment
 
 from infra.aws import dynamodb_client, ensure_tables
+from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryConfig, RegistryServer
 from infra.registry.store import RegistryStore
 from infra.template import TableSpec, TemplateError, load_template
@@ -30,8 +30,8 @@ def registry_table() -> TableSpec:
     raise TemplateError(f"template.yaml declares no {REGISTRY_TABLE_ID}")
 
 
-def build_server(host: str, port: int, create_table: bool = True) -> RegistryServer:
-    """A ready (bound, table checked) registry server; the caller runs ``serve_forever``."""
+def build_server(create_table: bool = True) -> RegistryServer:
+    """A registry server (table checked, accounts read); the caller starts it."""
     settings = load_settings()
     config: RegistryConfig = load_dataclass(RegistryConfig)
     table = registry_table()
@@ -39,7 +39,7 @@ def build_server(host: str, port: int, create_table: bool = True) -> RegistrySer
     if create_table:
         ensure_tables(settings, [table])
     store = RegistryStore(dynamodb_client(settings), name, cache_ttl=config.registry_cache_ttl)
-    return RegistryServer((host, port), store, config)
+    return RegistryServer(store, config, RegistryAccounts.from_settings(settings))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,23 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        server = build_server(args.host, args.port, create_table=not args.no_create_table)
-    except (ConfigError, TemplateError) as exc:
+        server = build_server(create_table=not args.no_create_table)
+        server.start_in_thread(args.host, args.port)
+    except (ConfigError, TemplateError, OSError) as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     server.start_sweeper()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
     logging.getLogger("payfn.registry").info(
         "registry on %s (table %s)", server.url, server.store.table)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        server.server_close()
+    stopped.wait()
+    server.stop()
     return 0
 
 

@@ -9,94 +9,179 @@ clients ask for JSON.
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from payfn_shared.numbers import parse_decimal
+
 from infra.registry.store import STATUSES, Instance
+
+log = logging.getLogger("payfn.registry")
 
 DEFAULT_DATA_CENTER = {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"}
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
+_APP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,256}$")
 
 
 class BadInstanceError(ValueError):
     """A register body that is not a usable Eureka instance (answered 400)."""
 
 
-def _port_value(value: Any, default: int) -> tuple[int, str]:
+#: Bounds of a registered instance: ids and names, free text, metadata (a DynamoDB item holds 400 KB).
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 2048
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 4096
+MAX_METADATA_CHARS = 16 * 1024
+MAX_LEASE_SECONDS = 86_400
+#: Eureka's register documents are 3 levels deep (instance → port → $); anything deeper is refused.
+MAX_XML_DEPTH = 8
+_TEXT_FIELDS = ("homePageUrl", "statusPageUrl", "healthCheckUrl", "secureHealthCheckUrl", "vipAddress",
+                "secureVipAddress", "sid", "appGroupName")
+#: Characters XML 1.0 cannot carry even escaped, plus every other control character.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text(value: Any, field: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """A string field as stored: no control characters (they would break the XML listing), bounded."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadInstanceError(f"{field} must be a string")
+    text = str(value)
+    if len(text) > limit:
+        raise BadInstanceError(f"{field} is longer than {limit} characters")
+    if _UNSAFE_TEXT.search(text):
+        raise BadInstanceError(f"{field} contains a control character")
+    return text
+
+
+def _integer(value: Any, field: str, low: int, high: int) -> int:
+    """A number field (JSON number or, from XML, decimal digits) within [low, high]."""
+    if isinstance(value, str):
+        value = parse_decimal(value, 19)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadInstanceError(f"{field} must be an integer between {low} and {high}")
+    return value
+
+
+def _port_value(value: Any, field: str, default: int) -> tuple[int, str]:
     """``{"$": 8080, "@enabled": "true"}``, ``8080`` or ``"8080"`` → (8080, "true")."""
-    if isinstance(value, Mapping):
-        return int(value.get("$", default)), str(value.get("@enabled", "true")).lower()
     if value in (None, ""):
         return default, "false"
-    return int(value), "true"
+    if isinstance(value, Mapping):
+        enabled = _text(value.get("@enabled", "true"), f"{field}.@enabled", 8).lower()
+        return _integer(value.get("$", default), field, 1, 65535), enabled
+    return _integer(value, field, 1, 65535), "true"
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadInstanceError("metadata must be an object")
+    entries = {key: item for key, item in value.items() if not str(key).startswith("@")}
+    if len(entries) > MAX_METADATA_ENTRIES:
+        raise BadInstanceError(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
+    metadata: dict[str, str] = {}
+    for key, item in entries.items():
+        if not isinstance(key, str) or len(key) > MAX_METADATA_KEY_CHARS or not _XML_NAME.match(key):
+            raise BadInstanceError(f"metadata key {str(key)[:40]!r} is not an XML name of at most "
+                                   f"{MAX_METADATA_KEY_CHARS} characters")
+        metadata[key] = "" if item is None else _text(item, f"metadata.{key}", MAX_METADATA_VALUE_CHARS)
+    if sum(len(k) + len(v) for k, v in metadata.items()) > MAX_METADATA_CHARS:
+        raise BadInstanceError(f"metadata is larger than {MAX_METADATA_CHARS} characters")
+    return metadata
+
+
+def metadata_update(values: Mapping[str, str]) -> dict[str, str]:
+    """``PUT .../metadata?k=v``: the same rules as registered metadata."""
+    return _metadata(values)
+
+
+def _data_center(value: Any) -> dict[str, Any]:
+    """``dataCenterInfo``: strings, and for Amazon's a one-level ``metadata`` object of strings."""
+    if value in (None, ""):
+        return dict(DEFAULT_DATA_CENTER)
+    if not isinstance(value, Mapping):
+        raise BadInstanceError("dataCenterInfo must be an object")
+    info: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "metadata" and isinstance(item, Mapping):
+            info[key] = {str(k): _text(v, f"dataCenterInfo.metadata.{k}") for k, v in item.items()}
+        else:
+            info[str(key)] = _text(item, f"dataCenterInfo.{key}")
+    return info
 
 
 def instance_from_document(app: str, document: Mapping[str, Any], default_lease: int,
                            default_renewal: int) -> Instance:
-    """Validate a registered ``instance`` document and make it a lease.
+    """Validate a registered ``instance`` document and make it a lease; :class:`BadInstanceError` if not.
 
-    The lease duration and renewal interval are the client's ``leaseInfo`` when it
-    gives them (as Eureka honours them), else the registry's configured defaults.
+    This is the one validator of what the registry stores: a lease that passes it always
+    renders in both formats, so one bad registration can never break a listing. The lease
+    duration and renewal interval are the client's ``leaseInfo`` when it gives them (as
+    Eureka honours them), else the registry's configured defaults.
     """
-    host = str(document.get("hostName") or document.get("ipAddr") or "").strip()
+    if not _APP_NAME.match(app):
+        raise BadInstanceError(
+            f"application name must be 1-{MAX_ID_CHARS} characters of A-Z, 0-9, '.', '_', '-'")
+    host = _text(document.get("hostName") or document.get("ipAddr") or "", "hostName", 253).strip()
     if not host:
         raise BadInstanceError("instance needs hostName or ipAddr")
-    try:
-        port, _ = _port_value(document.get("port"), 0)
-    except (TypeError, ValueError):
-        raise BadInstanceError("instance port is not a number") from None
-    if not 0 < port < 65536:
+    port, _ = _port_value(document.get("port"), "port", 0)
+    if not port:
         raise BadInstanceError("instance needs a TCP port")
-    status = str(document.get("status") or "UP").upper()
+    secure_port = _port_value(document.get("securePort"), "securePort", 443)
+    status = _text(document.get("status") or "UP", "status", 32).upper()
     if status not in STATUSES:
         raise BadInstanceError(f"unknown status {status}")
-    overridden = str(
-        document.get("overriddenStatus") or document.get("overriddenstatus") or "UNKNOWN"
-    ).upper()
-    if overridden not in STATUSES:
-        overridden = "UNKNOWN"
+    overridden = _text(document.get("overriddenStatus") or document.get("overriddenstatus") or "UNKNOWN",
+                       "overriddenStatus", 32).upper()
     lease = document.get("leaseInfo") or {}
-    try:
-        duration = int(lease.get("durationInSecs") or 0) or default_lease
-        renewal = int(lease.get("renewalIntervalInSecs") or 0) or default_renewal
-        dirty = int(document.get("lastDirtyTimestamp") or 0)
-    except (TypeError, ValueError):
-        raise BadInstanceError("leaseInfo values are not numbers") from None
-    metadata = document.get("metadata") or {}
-    if not isinstance(metadata, Mapping):
-        raise BadInstanceError("metadata must be an object")
-    instance_id = str(document.get("instanceId") or f"{host}:{app.lower()}:{port}")
+    if not isinstance(lease, Mapping):
+        raise BadInstanceError("leaseInfo must be an object")
+    duration = lease.get("durationInSecs")
+    renewal = lease.get("renewalIntervalInSecs")
+    instance_id = _text(document.get("instanceId") or f"{host}:{app.lower()}:{port}", "instanceId",
+                        MAX_ID_CHARS)
+    stored: dict[str, Any] = {
+        "securePort": {"$": secure_port[0], "@enabled": secure_port[1]},
+        "countryId": _integer(document.get("countryId", 1), "countryId", 0, 2**31 - 1),
+        "dataCenterInfo": _data_center(document.get("dataCenterInfo")),
+        "isCoordinatingDiscoveryServer": _text(document.get("isCoordinatingDiscoveryServer", "false"),
+                                               "isCoordinatingDiscoveryServer", 8).lower(),
+    }
+    stored.update({key: _text(document[key], key) for key in _TEXT_FIELDS if document.get(key) is not None})
     return Instance(
         app=app.upper(),
         instance_id=instance_id,
         host_name=host,
-        ip_addr=str(document.get("ipAddr") or host),
+        ip_addr=_text(document.get("ipAddr") or host, "ipAddr", 253),
         port=port,
         reported_status=status,
-        overridden_status=overridden,
-        metadata={str(k): "" if v is None else str(v) for k, v in metadata.items() if not k.startswith("@")},
-        renewal_interval=renewal,
-        lease_duration=duration,
-        last_dirty_ts=dirty,
-        document={key: document[key] for key in (
-            "securePort", "countryId", "dataCenterInfo", "homePageUrl", "statusPageUrl",
-            "healthCheckUrl", "secureHealthCheckUrl", "vipAddress", "secureVipAddress", "sid",
-            "appGroupName", "isCoordinatingDiscoveryServer",
-        ) if key in document},
+        overridden_status=overridden if overridden in STATUSES else "UNKNOWN",
+        metadata=_metadata(document.get("metadata")),
+        renewal_interval=_integer(renewal, "leaseInfo.renewalIntervalInSecs", 1, MAX_LEASE_SECONDS)
+        if renewal not in (None, "", 0, "0") else default_renewal,
+        lease_duration=_integer(duration, "leaseInfo.durationInSecs", 1, MAX_LEASE_SECONDS)
+        if duration not in (None, "", 0, "0") else default_lease,
+        last_dirty_ts=_integer(document.get("lastDirtyTimestamp") or 0, "lastDirtyTimestamp", 0, 2**63 - 1),
+        document=stored,
     )
 
 
 def instance_json(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
-    """One instance as Eureka's JSON writes it (``actionType`` used by deltas)."""
+    """One instance as Eureka's JSON writes it (``actionType`` used by deltas).
+
+    The result goes through the registration validator again, so a lease stored before
+    it existed (or by another writer) that could not render raises :class:`BadInstanceError`.
+    """
     doc = instance.document
     base = f"http://{instance.host_name}:{instance.port}"
-    try:
-        secure_port, secure_enabled = _port_value(doc.get("securePort"), 443)
-    except (TypeError, ValueError):
-        secure_port, secure_enabled = 443, "false"
-    return {
+    rendered = {
         "instanceId": instance.instance_id,
         "hostName": instance.host_name,
         "app": instance.app,
@@ -104,8 +189,8 @@ def instance_json(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         "status": instance.status,
         "overriddenStatus": instance.overridden_status,
         "port": {"$": instance.port, "@enabled": "true"},
-        "securePort": {"$": secure_port, "@enabled": secure_enabled},
-        "countryId": int(doc.get("countryId") or 1),
+        "securePort": doc.get("securePort") or {"$": 443, "@enabled": "false"},
+        "countryId": doc.get("countryId", 1),
         "dataCenterInfo": doc.get("dataCenterInfo") or dict(DEFAULT_DATA_CENTER),
         "leaseInfo": {
             "renewalIntervalInSecs": instance.renewal_interval,
@@ -126,6 +211,8 @@ def instance_json(instance: Instance, action: str = "ADDED") -> dict[str, Any]:
         "lastDirtyTimestamp": str(instance.last_dirty_ts),
         "actionType": action,
     }
+    instance_from_document(instance.app, rendered, instance.lease_duration, instance.renewal_interval)
+    return rendered
 
 
 def apps_hashcode(instances: Iterable[Instance]) -> str:
@@ -137,7 +224,14 @@ def apps_hashcode(instances: Iterable[Instance]) -> str:
 
 
 def application_json(name: str, instances: Iterable[Instance], action: str = "ADDED") -> dict[str, Any]:
-    return {"name": name, "instance": [instance_json(i, action) for i in instances]}
+    """One application; a stored lease that cannot render is logged and left out, never fatal."""
+    rendered = []
+    for instance in instances:
+        try:
+            rendered.append(instance_json(instance, action))
+        except BadInstanceError as exc:
+            log.warning("lease %s/%s left out of the listing: %s", instance.app, instance.instance_id, exc)
+    return {"name": name, "instance": rendered}
 
 
 def applications_json(apps: Mapping[str, list[Instance]], version: int, action: str = "ADDED",
@@ -205,6 +299,15 @@ def _from_element(element: ElementTree.Element) -> Any:
     return value
 
 
+def _xml_depth(root: ElementTree.Element) -> int:
+    deepest, pending = 0, [(root, 1)]
+    while pending:
+        element, level = pending.pop()
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in element)
+    return deepest
+
+
 def parse_instance_xml(body: bytes) -> dict[str, Any]:
     """An XML register body (``<instance>…</instance>``) as the JSON-shaped document."""
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
@@ -216,6 +319,8 @@ def parse_instance_xml(body: bytes) -> dict[str, Any]:
         raise BadInstanceError(f"malformed XML: {exc}") from None
     if root.tag != "instance":
         raise BadInstanceError("XML body must be an <instance> element")
+    if _xml_depth(root) > MAX_XML_DEPTH:
+        raise BadInstanceError(f"XML body is nested deeper than {MAX_XML_DEPTH} levels")
     document = _from_element(root)
     if not isinstance(document, dict):
         raise BadInstanceError("empty <instance>")

@@ -1,9 +1,8 @@
 """The registry's HTTP face: Eureka's REST API, a dashboard, health and metrics.
 
-A threaded ``http.server`` is enough here: the registry's work is DynamoDB calls
-through boto3 (blocking), reads are served from a one-second cache, and the load
-is a heartbeat per instance every 30 s plus a few polling readers. Each handler
-thread answers keep-alive HTTP/1.1 so pollers reuse their connection.
+Reads are open; writes need a registry account (``infra.registry.accounts``) and only
+the account that registered a lease may change it. Register bodies go through the
+one validator (``eureka.instance_from_document``), so what is stored always lists.
 """
 
 from __future__ import annotations
@@ -14,21 +13,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
+from payfn_shared import safejson
 from payfn_shared.config import ConfigError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from infra.net.server import HttpServer, Limits, Request, Response, ThreadedServer, blocking, load_limits
 from infra.registry import eureka
+from infra.registry.accounts import RegistryAccounts
 from infra.registry.status import render_status
-from infra.registry.store import STATUSES, Instance, RegistryStore, UnknownInstanceError, now_millis
+from infra.registry.store import (
+    STATUSES,
+    Instance,
+    NotOwnerError,
+    RegistryStore,
+    UnknownInstanceError,
+    now_millis,
+)
 
 log = logging.getLogger("payfn.registry")
 
@@ -87,25 +96,51 @@ class RegistryMetrics:
         )
 
 
-class RegistryServer(ThreadingHTTPServer):
-    """Threaded HTTP server carrying the store, config and metrics its handlers need."""
+#: Register bodies are a few KiB (metadata is bounded at 16 KiB by ``eureka``).
+REGISTRY_MAX_BODY_BYTES = 64 * 1024
+#: Writes, answered 401 without valid credentials (reads stay open).
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+_REALM = ("WWW-Authenticate", 'Basic realm="payfn-registry"')
 
-    daemon_threads = True
-    allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], store: RegistryStore, config: RegistryConfig) -> None:
+class RegistryServer:
+    """Eureka's REST API over a :class:`RegistryStore`, on the one HTTP server.
+
+    The store's calls block (boto3), so requests are answered on a thread pool; the
+    event loop only frames and writes. ``start_in_thread`` serves from a thread of
+    its own (the registry's main and the tests use it).
+    """
+
+    def __init__(self, store: RegistryStore, config: RegistryConfig, accounts: RegistryAccounts,
+                 limits: Limits | None = None) -> None:
         self.store = store
         self.config = config
+        self.accounts = accounts
         self.metrics = RegistryMetrics(store)
         self.started = time.time()
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="registry")
+        self.http = HttpServer(blocking(self.handle, self._executor),
+                               limits or load_limits(REGISTRY_MAX_BODY_BYTES))
+        self._thread: ThreadedServer | None = None
+        self.host, self.port = "127.0.0.1", 0
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="registry-sweep", daemon=True)
-        super().__init__(address, RegistryHandler)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.host}:{self.port}"
+
+    def start_in_thread(self, host: str, port: int) -> int:
+        """Listen (raises what binding raised) and serve from a thread; returns the port."""
+        self._thread = ThreadedServer(self.http, host, port)
+        self.host, self.port = host, self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def start_sweeper(self) -> None:
         self._sweeper.start()
@@ -126,85 +161,89 @@ class RegistryServer(ThreadingHTTPServer):
         self.metrics.evictions.inc(len(evicted))
         return evicted
 
-    def server_close(self) -> None:
-        self._stop.set()
-        super().server_close()
+    def handle(self, request: Request) -> Response:
+        """Route one request; every answer is counted in ``http_server_requests_seconds``."""
+        start = time.perf_counter()
+        call = _Call(self, request)
+        route, handler = call.route()
+        try:
+            response = handler()
+        except _Reply as reply:
+            response = call.reply(reply.status, reply.message, reply.headers)
+        except UnknownInstanceError as exc:
+            response = call.reply(404, f"unknown instance {exc}")
+        except NotOwnerError as exc:
+            call.count("forbidden")
+            response = call.reply(403, f"instance {exc} was registered by another account")
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("DynamoDB call failed: %s", exc)
+            response = call.reply(503, "registry table unavailable")
+        self.metrics.requests.labels("registry", route, request.method, str(response.status)).observe(
+            time.perf_counter() - start)
+        return response
 
 
 class _Reply(Exception):
     """Raised by a route to answer at once with a status and an optional JSON message."""
 
-    def __init__(self, status: int, message: str = "") -> None:
+    def __init__(self, status: int, message: str = "", headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []
 
 
-class RegistryHandler(BaseHTTPRequestHandler):
-    """Routes one request; every answer goes through :meth:`_send` (metrics, keep-alive)."""
+class _Call:
+    """One request to the registry: its route, its account (for writes) and its answer."""
 
-    server: RegistryServer
-    protocol_version = "HTTP/1.1"
-    server_version = "payfn-registry"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+    def __init__(self, server: RegistryServer, request: Request) -> None:
+        self.server = server
+        self.request = request
+        self.method = "GET" if request.method == "HEAD" else request.method
+        self.query = dict(parse_qsl(request.query, keep_blank_values=True))
+        self.operation = ""
 
     # --- plumbing -------------------------------------------------------------------
 
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json") -> None:
-        self.send_response(status)
+    def send(self, status: int, body: bytes = b"", content_type: str = "application/json",
+             headers: list[tuple[str, str]] | None = None) -> Response:
+        response = Response(status, body, list(headers or ()))
         if body or status not in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-        self._status = status
+            response.headers.insert(0, ("Content-Type", content_type))
+        return response
 
-    def _wants_json(self) -> bool:
+    def reply(self, status: int, message: str = "", headers: list[tuple[str, str]] | None = None) -> Response:
+        body = json.dumps({"error": message}).encode() if message else b""
+        return self.send(status, body, headers=headers)
+
+    def wants_json(self) -> bool:
         """Jersey's negotiation as Eureka uses it: JSON only when asked before XML."""
-        accept = self.headers.get("Accept", "").lower()
+        accept = self.request.header("accept").lower()
         json_at, xml_at = accept.find("json"), accept.find("xml")
         return json_at >= 0 and (xml_at < 0 or json_at < xml_at)
 
-    def _send_document(self, document: dict[str, Any]) -> None:
-        if self._wants_json():
-            self._send(200, json.dumps(document, separators=(",", ":")).encode())
-        else:
-            self._send(200, eureka.to_xml(document), "application/xml")
+    def send_document(self, document: dict[str, Any]) -> Response:
+        if self.wants_json():
+            return self.send(200, json.dumps(document, separators=(",", ":")).encode())
+        return self.send(200, eureka.to_xml(document), "application/xml")
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+    def account(self, operation: str) -> str:
+        """The account a write is made with; 401 (nothing changes) without valid credentials."""
+        self.operation = operation
+        account = self.server.accounts.authenticate(self.request.header("authorization"))
+        if account is None:
+            self.count("unauthorized")
+            raise _Reply(401, "registry writes need valid credentials (HTTP Basic)", [_REALM])
+        return account
 
-    def _dispatch(self) -> None:
-        start = time.perf_counter()
-        self._status = 500
-        parts = urlsplit(self.path)
-        self._query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        segments = [unquote(s) for s in parts.path.split("/") if s]
-        route, handler = self._route(segments)
-        try:
-            handler()
-        except _Reply as reply:
-            body = json.dumps({"error": reply.message}).encode() if reply.message else b""
-            self._send(reply.status, body)
-        except UnknownInstanceError as exc:
-            self._send(404, json.dumps({"error": f"unknown instance {exc}"}).encode())
-        except (BotoCoreError, ClientError) as exc:
-            log.warning("DynamoDB call failed: %s", exc)
-            self._send(503, json.dumps({"error": "registry table unavailable"}).encode())
-        finally:
-            self.server.metrics.requests.labels(
-                "registry", route, self.command, str(self._status)
-            ).observe(time.perf_counter() - start)
+    def count(self, outcome: str) -> None:
+        if self.operation:
+            self.server.metrics.operations.labels(self.operation, outcome).inc()
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
-
-    def _route(self, segments: list[str]) -> tuple[str, Callable[[], None]]:
+    def route(self) -> tuple[str, Callable[[], Response]]:
         """(uri template for metrics, handler) for a path; Eureka's ``/eureka`` prefix is optional."""
-        method = "GET" if self.command == "HEAD" else self.command
+        method = self.method
+        segments = [unquote(s) for s in self.request.path.split("/") if s]
         if segments and segments[0] == "eureka":
             segments = segments[1:]
         if not segments:
@@ -246,25 +285,23 @@ class RegistryHandler(BaseHTTPRequestHandler):
             return "/eureka/apps/{app}/{id}/metadata", lambda: self._update_metadata(app, instance_id)
         return "NOT_FOUND", self._not_found
 
-    def _not_found(self) -> None:
+    def _not_found(self) -> Response:
         raise _Reply(404, "not found")
 
-    def _not_allowed(self) -> None:
+    def _not_allowed(self) -> Response:
         raise _Reply(405, "method not allowed")
-
-    def _count(self, operation: str, outcome: str) -> None:
-        self.server.metrics.operations.labels(operation, outcome).inc()
 
     # --- Eureka writes --------------------------------------------------------------
 
-    def _register(self, app: str) -> None:
-        body = self._body()
-        content_type = self.headers.get("Content-Type", "").lower()
+    def _register(self, app: str) -> Response:
+        account = self.account("register")
+        body = self.request.body
+        content_type = self.request.header("content-type").lower()
         try:
             if "xml" in content_type or body.lstrip().startswith(b"<"):
                 document = eureka.parse_instance_xml(body)
             else:
-                parsed = json.loads(body or b"null")
+                parsed = safejson.loads(body or b"null")
                 document = parsed.get("instance") if isinstance(parsed, dict) else None
                 if not isinstance(document, dict):
                     raise eureka.BadInstanceError('JSON body must be {"instance": {...}}')
@@ -272,52 +309,63 @@ class RegistryHandler(BaseHTTPRequestHandler):
             instance = eureka.instance_from_document(
                 app, document, config.registry_lease_duration, config.registry_renewal_interval
             )
-        except (ValueError, eureka.BadInstanceError) as exc:
-            self._count("register", "rejected")
+        except ValueError as exc:  # BadInstanceError, JsonRejected
+            self.count("rejected")
             raise _Reply(400, str(exc)) from None
+        instance.owner = account
         self.server.store.register(instance)
-        self._count("register", "ok")
-        log.info("registered %s/%s at %s:%s (%s)", app, instance.instance_id, instance.host_name,
-                 instance.port, instance.status)
-        self._send(204)
+        self.count("ok")
+        log.info("registered %s/%s at %s:%s (%s) for %s", app, instance.instance_id, instance.host_name,
+                 instance.port, instance.status, account)
+        return self.send(204)
 
-    def _renew(self, app: str, instance_id: str) -> None:
+    def _renew(self, app: str, instance_id: str) -> Response:
+        account = self.account("renew")
         try:
-            self.server.store.renew(app, instance_id)
+            self.server.store.renew(app, instance_id, account)
         except UnknownInstanceError:
-            self._count("renew", "unknown")
+            self.count("unknown")
             raise
-        self._count("renew", "ok")
-        self._send(200)
+        self.count("ok")
+        return self.send(200)
 
-    def _cancel(self, app: str, instance_id: str) -> None:
-        self.server.store.cancel(app, instance_id)
-        self._count("cancel", "ok")
+    def _cancel(self, app: str, instance_id: str) -> Response:
+        account = self.account("cancel")
+        self.server.store.cancel(app, instance_id, account)
+        self.count("ok")
         log.info("cancelled %s/%s", app, instance_id)
-        self._send(200)
+        return self.send(200)
 
     def _status_value(self, required: bool) -> str | None:
-        value = self._query.get("value", "").upper() or None
+        value = self.query.get("value", "").upper() or None
         if value is None and required:
             raise _Reply(400, "status value required")
         if value is not None and value not in STATUSES:
             raise _Reply(400, f"unknown status {value}")
         return value
 
-    def _set_status(self, app: str, instance_id: str) -> None:
+    def _set_status(self, app: str, instance_id: str) -> Response:
+        account = self.account("status")
         value = str(self._status_value(required=True))
-        self.server.store.set_override(app, instance_id, value)
-        self._count("status", "ok")
-        self._send(200)
+        self.server.store.set_override(app, instance_id, value, account)
+        self.count("ok")
+        return self.send(200)
 
-    def _delete_status(self, app: str, instance_id: str) -> None:
-        self.server.store.delete_override(app, instance_id, self._status_value(required=False))
-        self._count("status", "ok")
-        self._send(200)
+    def _delete_status(self, app: str, instance_id: str) -> Response:
+        account = self.account("status")
+        self.server.store.delete_override(app, instance_id, self._status_value(required=False), account)
+        self.count("ok")
+        return self.send(200)
 
-    def _update_metadata(self, app: str, instance_id: str) -> None:
-        self.server.store.update_metadata(app, instance_id, self._query)
-        self._send(200)
+    def _update_metadata(self, app: str, instance_id: str) -> Response:
+        account = self.account("metadata")
+        try:
+            values = eureka.metadata_update(self.query)
+        except ValueError as exc:
+            raise _Reply(400, str(exc)) from None
+        self.server.store.update_metadata(app, instance_id, values, account)
+        self.count("ok")
+        return self.send(200)
 
     # --- Eureka reads ---------------------------------------------------------------
 
@@ -325,12 +373,12 @@ class RegistryHandler(BaseHTTPRequestHandler):
         """Changes whenever an instance changes; deletions show in the hashcode instead."""
         return max((i.last_updated_ts for i in instances), default=0)
 
-    def _get_apps(self) -> None:
+    def _get_apps(self) -> Response:
         apps = self.server.store.apps()
         everything = [i for instances in apps.values() for i in instances]
-        self._send_document(eureka.applications_json(apps, self._version(everything)))
+        return self.send_document(eureka.applications_json(apps, self._version(everything)))
 
-    def _get_delta(self) -> None:
+    def _get_delta(self) -> Response:
         """Instances changed in the last 3 minutes (Eureka's window), hash over the whole registry.
 
         Removals are not listed: the client sees the hashcode disagree and fetches
@@ -342,50 +390,49 @@ class RegistryHandler(BaseHTTPRequestHandler):
         for instance in everything:
             if instance.last_updated_ts >= since:
                 recent.setdefault(instance.app, []).append(instance)
-        self._send_document(
+        return self.send_document(
             eureka.applications_json(recent, self._version(everything), "MODIFIED", hash_over=everything)
         )
 
-    def _get_app(self, app: str) -> None:
+    def _get_app(self, app: str) -> Response:
         instances = self.server.store.apps().get(app)
         if not instances:
             raise _Reply(404, f"unknown application {app}")
-        self._send_document({"application": eureka.application_json(app, instances)})
+        return self.send_document({"application": eureka.application_json(app, instances)})
 
-    def _get_vip(self, vip: str) -> None:
+    def _get_vip(self, vip: str) -> Response:
         matching: dict[str, list[Instance]] = {}
         for instance in self.server.store.all_instances():
             if (instance.document.get("vipAddress") or instance.app.lower()) == vip:
                 matching.setdefault(instance.app, []).append(instance)
         everything = [i for instances in matching.values() for i in instances]
-        self._send_document(eureka.applications_json(matching, self._version(everything)))
+        return self.send_document(eureka.applications_json(matching, self._version(everything)))
 
-    def _get_instance(self, app: str, instance_id: str) -> None:
-        self._send_document({"instance": eureka.instance_json(self.server.store.get(app, instance_id))})
+    def _get_instance(self, app: str, instance_id: str) -> Response:
+        return self.send_document({"instance": eureka.instance_json(self.server.store.get(app, instance_id))})
 
-    def _get_by_id(self, instance_id: str) -> None:
-        self._send_document({"instance": eureka.instance_json(self.server.store.find(instance_id))})
+    def _get_by_id(self, instance_id: str) -> Response:
+        return self.send_document({"instance": eureka.instance_json(self.server.store.find(instance_id))})
 
     # --- operator pages ---------------------------------------------------------------
 
-    def _health(self) -> None:
+    def _health(self) -> Response:
         try:
             count = len(self.server.store.all_instances())
         except (BotoCoreError, ClientError) as exc:
             body = {"status": "DOWN", "table": self.server.store.table, "error": str(exc)}
-            self._send(503, json.dumps(body).encode())
-            return
+            return self.send(503, json.dumps(body).encode())
         body = {"status": "UP", "table": self.server.store.table, "instances": count}
-        self._send(200, json.dumps(body).encode())
+        return self.send(200, json.dumps(body).encode())
 
-    def _metrics(self) -> None:
-        self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+    def _metrics(self) -> Response:
+        return self.send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
 
-    def _status_page(self) -> None:
+    def _status_page(self) -> Response:
         """The operator's first look: instances, breaker, outbox, lag, request rate (status.py)."""
-        self._send(200, render_status(self.server.store.apps()), "text/html; charset=utf-8")
+        return self.send(200, render_status(self.server.store.apps()), "text/html; charset=utf-8")
 
-    def _dashboard(self) -> None:
+    def _dashboard(self) -> Response:
         apps = self.server.store.apps()
         now = now_millis()
         rows = []
@@ -416,4 +463,4 @@ leases {self.server.config.registry_lease_duration} s, renewals every
 <th>Last renewal</th><th>Lease left</th><th>Metadata</th></tr>
 {"".join(rows) or '<tr><td colspan="7">No instances registered</td></tr>'}
 </table></body></html>"""
-        self._send(200, page.encode(), "text/html; charset=utf-8")
+        return self.send(200, page.encode(), "text/html; charset=utf-8")

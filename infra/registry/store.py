@@ -11,6 +11,7 @@ Expired leases are filtered on every read and deleted by :meth:`RegistryStore.ev
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,11 +20,17 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+log = logging.getLogger("payfn.registry")
+
 STATUSES = ("UP", "DOWN", "STARTING", "OUT_OF_SERVICE", "UNKNOWN")
 
 
 class UnknownInstanceError(LookupError):
     """No live lease for this app/instance (Eureka answers 404)."""
+
+
+class NotOwnerError(PermissionError):
+    """The live lease belongs to another registry account (answered 403, nothing changes)."""
 
 
 def now_millis() -> int:
@@ -57,6 +64,8 @@ class Instance:
     last_dirty_ts: int = 0
     expires_at: int = 0
     document: dict[str, Any] = field(default_factory=dict)
+    #: The registry account that registered the lease; only it may change the lease.
+    owner: str = ""
 
     @property
     def status(self) -> str:
@@ -86,6 +95,7 @@ class Instance:
             "lastDirtyTimestamp": {"N": str(self.last_dirty_ts)},
             "expiresAt": {"N": str(self.expires_at)},
             "document": {"S": json.dumps(self.document, separators=(",", ":"))},
+            "owner": {"S": self.owner},
         }
 
     @classmethod
@@ -114,6 +124,7 @@ class Instance:
             last_dirty_ts=num("lastDirtyTimestamp"),
             expires_at=num("expiresAt"),
             document=json.loads(text("document", "{}")),
+            owner=text("owner"),
         )
 
 
@@ -153,7 +164,11 @@ class RegistryStore:
         kwargs: dict[str, Any] = {"TableName": self.table}
         while True:
             page = self._db.scan(**kwargs)
-            items.extend(Instance.from_item(item) for item in page.get("Items", []))
+            for item in page.get("Items", []):
+                try:
+                    items.append(Instance.from_item(item))
+                except (KeyError, TypeError, ValueError) as exc:  # written by something else: skip it
+                    log.warning("registry item %s skipped: %r", item.get("instanceId"), exc)
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -204,10 +219,17 @@ class RegistryStore:
         return {"app": {"S": app}, "instanceId": {"S": instance_id}}
 
     def register(self, instance: Instance) -> Instance:
-        """Start (or restart) a lease. An operator's status override survives re-registration."""
+        """Start (or restart) a lease for ``instance.owner``. A status override survives re-registration.
+
+        A live lease of another account is never replaced (:class:`NotOwnerError`); the put
+        is conditional, so two accounts racing for one id cannot both win.
+        """
         now = self._clock()
         previous = self._existing(instance.app, instance.instance_id)
-        if previous is not None and not previous.expired(now) and instance.overridden_status == "UNKNOWN":
+        live = previous is not None and not previous.expired(now)
+        if live and previous is not None and previous.owner not in ("", instance.owner):
+            raise NotOwnerError(f"{instance.app}/{instance.instance_id}")
+        if live and previous is not None and instance.overridden_status == "UNKNOWN":
             instance.overridden_status = previous.overridden_status
         instance.registration_ts = now
         instance.last_renewal_ts = now
@@ -217,68 +239,87 @@ class RegistryStore:
             previous.service_up_ts if previous is not None and previous.service_up_ts else 0
         ) or (now if instance.status == "UP" else 0)
         instance.expires_at = (now // 1000) + instance.lease_duration
-        self._db.put_item(TableName=self.table, Item=instance.to_item())
-        self._invalidate()
+        try:
+            self._db.put_item(
+                TableName=self.table, Item=instance.to_item(),
+                ConditionExpression="attribute_not_exists(instanceId) OR expiresAt <= :nowSecs"
+                                    " OR attribute_not_exists(#owner) OR #owner IN (:none, :owner)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":nowSecs": {"N": str(now // 1000)}, ":none": {"S": ""},
+                                           ":owner": {"S": instance.owner}})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise NotOwnerError(f"{instance.app}/{instance.instance_id}") from None
+            raise
+        finally:
+            self._invalidate()
         return instance
 
-    def _update(self, app: str, instance_id: str, expression: str, values: dict[str, Any],
+    def _update(self, app: str, instance_id: str, owner: str, expression: str, values: dict[str, Any],
                 names: dict[str, str] | None = None) -> None:
-        """Update a live lease only: an expired or unknown one raises UnknownInstanceError."""
+        """Update a live lease of ``owner`` only (else UnknownInstanceError / NotOwnerError)."""
         now = self._clock()
-        values = {**values, ":nowSecs": {"N": str(now // 1000)}}
+        values = {**values, ":nowSecs": {"N": str(now // 1000)}, ":none": {"S": ""}, ":owner": {"S": owner}}
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "Key": self._key(app, instance_id),
             "UpdateExpression": expression,
-            "ConditionExpression": "attribute_exists(instanceId) AND expiresAt > :nowSecs",
+            "ConditionExpression": "attribute_exists(instanceId) AND expiresAt > :nowSecs"
+                                   " AND (attribute_not_exists(#owner) OR #owner IN (:none, :owner))",
             "ExpressionAttributeValues": values,
+            "ExpressionAttributeNames": {**(names or {}), "#owner": "owner"},
         }
-        if names:
-            kwargs["ExpressionAttributeNames"] = names
         try:
             self._db.update_item(**kwargs)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise UnknownInstanceError(f"{app}/{instance_id}") from None
+                self._raise_refusal(app, instance_id)
             raise
         self._invalidate()
 
-    def renew(self, app: str, instance_id: str) -> None:
+    def _raise_refusal(self, app: str, instance_id: str) -> None:
+        """After a refused conditional write: the lease is someone else's, or it is not there."""
+        current = self._existing(app, instance_id)
+        if current is not None and not current.expired(self._clock()):
+            raise NotOwnerError(f"{app}/{instance_id}") from None
+        raise UnknownInstanceError(f"{app}/{instance_id}") from None
+
+    def renew(self, app: str, instance_id: str, owner: str) -> None:
         """Heartbeat: extend the lease by the instance's own lease duration."""
         now = self._clock()
         instance = self._existing(app, instance_id)
         if instance is None or instance.expired(now):
             raise UnknownInstanceError(f"{app}/{instance_id}")
         self._update(
-            app, instance_id,
+            app, instance_id, owner,
             "SET lastRenewal = :now, expiresAt = :expires",
             {":now": {"N": str(now)}, ":expires": {"N": str(now // 1000 + instance.lease_duration)}},
         )
 
-    def set_override(self, app: str, instance_id: str, status: str) -> None:
+    def set_override(self, app: str, instance_id: str, status: str, owner: str) -> None:
         """``PUT .../status?value=``: the operator's status wins over the instance's own."""
         now = self._clock()
         self._update(
-            app, instance_id,
+            app, instance_id, owner,
             "SET overriddenStatus = :s, #st = :s, lastUpdatedTimestamp = :now, lastDirtyTimestamp = :now",
             {":s": {"S": status}, ":now": {"N": str(now)}},
             {"#st": "status"},
         )
 
-    def delete_override(self, app: str, instance_id: str, status: str | None) -> None:
+    def delete_override(self, app: str, instance_id: str, status: str | None, owner: str) -> None:
         """``DELETE .../status``: back to the instance's own status (or ``value`` if given)."""
         instance = self.get_consistent(app, instance_id)
         reported = status or instance.reported_status
         now = self._clock()
         self._update(
-            app, instance_id,
+            app, instance_id, owner,
             "SET overriddenStatus = :unknown, reportedStatus = :r, #st = :r, "
             "lastUpdatedTimestamp = :now, lastDirtyTimestamp = :now",
             {":unknown": {"S": "UNKNOWN"}, ":r": {"S": reported}, ":now": {"N": str(now)}},
             {"#st": "status"},
         )
 
-    def update_metadata(self, app: str, instance_id: str, values: Mapping[str, str]) -> None:
+    def update_metadata(self, app: str, instance_id: str, values: Mapping[str, str], owner: str) -> None:
         """``PUT .../metadata?k=v``: merge keys into the instance's metadata."""
         if not values:
             return
@@ -288,7 +329,8 @@ class RegistryStore:
         }
         attribute_values[":now"] = {"N": str(self._clock())}
         sets = ", ".join(f"metadata.#k{i} = :v{i}" for i in range(len(values)))
-        self._update(app, instance_id, f"SET {sets}, lastUpdatedTimestamp = :now", attribute_values, names)
+        self._update(app, instance_id, owner, f"SET {sets}, lastUpdatedTimestamp = :now", attribute_values,
+                     names)
 
     def get_consistent(self, app: str, instance_id: str) -> Instance:
         instance = self._existing(app, instance_id)
@@ -296,17 +338,24 @@ class RegistryStore:
             raise UnknownInstanceError(f"{app}/{instance_id}")
         return instance
 
-    def cancel(self, app: str, instance_id: str) -> None:
-        """Deregister; unknown instance → UnknownInstanceError (Eureka's 404)."""
+    def cancel(self, app: str, instance_id: str, owner: str) -> None:
+        """Deregister; unknown instance → UnknownInstanceError (Eureka's 404), another's → NotOwnerError.
+
+        An expired lease of another account may be cancelled (it is gone already).
+        """
         try:
             self._db.delete_item(
                 TableName=self.table,
                 Key=self._key(app, instance_id),
-                ConditionExpression="attribute_exists(instanceId)",
+                ConditionExpression="attribute_exists(instanceId) AND (expiresAt <= :nowSecs"
+                                    " OR attribute_not_exists(#owner) OR #owner IN (:none, :owner))",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":nowSecs": {"N": str(self._clock() // 1000)}, ":none": {"S": ""},
+                                           ":owner": {"S": owner}},
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise UnknownInstanceError(f"{app}/{instance_id}") from None
+                self._raise_refusal(app, instance_id)
             raise
         finally:
             self._invalidate()

@@ -83,6 +83,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import hmac
 import ipaddress
 import logging
 import os
@@ -100,7 +101,8 @@ import uvloop
 from payfn_shared.config import ConfigError, Settings, load_dataclass, load_settings
 from payfn_shared.registry import InstanceInfo, RegistryClient
 
-from infra.http_server import HttpProtocol, Request, Response
+from infra.net.invoke import INVOKE_TOKEN_HEADER
+from infra.net.server import HttpServer, Refusal, Request, Response, json_refusal, load_limits
 from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.config import HostConfig
 from infra.runtime.functions import (
@@ -138,8 +140,10 @@ def aws_error(status: int, error_type: str, body: dict[str, Any]) -> Response:
                                               ("x-amzn-RequestId", new_request_id())])
 
 
-def payload_too_large(request: Request) -> Response:
-    """Lambda's answer to a synchronous payload over 6 MB, given from Content-Length alone."""
+def refuse(refusal: Refusal) -> Response:
+    """Lambda's answer to a synchronous payload over 6 MB; the server's own for other refusals."""
+    if refusal.status != 413:
+        return json_refusal(refusal)
     return aws_error(413, "RequestTooLargeException", {
         "Type": "User",
         "message": f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation"})
@@ -178,12 +182,20 @@ def client_status(result: Invocation) -> int:
 
 
 class InvokeApi:
-    """Routes of the host's HTTP server."""
+    """Routes of the host's HTTP server.
 
-    def __init__(self, host: FunctionHost, metrics: RuntimeMetrics, service: str | None) -> None:
+    With a ``token`` (the stack's ``PAYFN_INVOKE_TOKEN``) an invocation must carry it in
+    ``X-Payfn-Invoke-Token`` (403 without): the gateway, the scheduler and the event-source
+    poller send it, so no other local process can run the stack's functions. Reads
+    (``/health``, ``/metrics``) stay open for Prometheus and supervisors.
+    """
+
+    def __init__(self, host: FunctionHost, metrics: RuntimeMetrics, service: str | None,
+                 token: str = "") -> None:
         self.host = host
         self.metrics = metrics
         self.service = service
+        self._token = token.encode()
         self._scrape = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrape")
 
     def close(self) -> None:
@@ -194,6 +206,10 @@ class InvokeApi:
         if path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX):
             if request.method != "POST":
                 return reply(405, b'{"message": "method not allowed"}')
+            if self._token and not hmac.compare_digest(
+                    request.header(INVOKE_TOKEN_HEADER).encode("latin-1"), self._token):
+                return aws_error(403, "AccessDeniedException", {
+                    "Type": "User", "message": f"this Invoke API needs the stack's {INVOKE_TOKEN_HEADER}"})
             return await self.invoke(request, path[len(INVOKE_PREFIX):-len(INVOKE_SUFFIX)])
         if request.method == "GET" and path == "/health":
             return self.health()
@@ -333,13 +349,9 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
         metrics.add_collector(collectors)
     host = FunctionHost(definitions, config, metrics)
     await host.start()
-    api = InvokeApi(host, metrics, args.service)
-    loop = asyncio.get_running_loop()
-    connections: set[HttpProtocol] = set()
-    server = await loop.create_server(
-        lambda: HttpProtocol(api.handle, connections, MAX_SYNC_PAYLOAD, payload_too_large),
-        args.host, args.port, backlog=2048)
-    port = server.sockets[0].getsockname()[1]
+    api = InvokeApi(host, metrics, args.service, settings.invoke_token)
+    server = HttpServer(api.handle, load_limits(MAX_SYNC_PAYLOAD), refuse)
+    port = await server.start(args.host, args.port, backlog=2048)
     address = f"{args.host}:{port}"
     if args.port_file:
         write_port_file(args.port_file, address)
@@ -357,17 +369,15 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
                 "application": args.service.lower(),
                 "invokePath": INVOKE_PREFIX.rstrip("/"),
             })
-        registration = Registration(RegistryClient(args.registry_url or settings.registry_url), instance,
+        registration = Registration(RegistryClient(args.registry_url or settings.registry_url,
+                                                   credentials=settings.registry_credentials), instance,
                                     config.registry_renew_seconds)
         registration.start()
 
     async def close() -> None:
-        server.close()
+        await server.close()
         await host.close()
         api.close()
-        for connection in list(connections):
-            if connection.transport is not None:
-                connection.transport.close()
 
     await serve_until_signal(registration, close, log)
     return 0

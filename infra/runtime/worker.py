@@ -244,7 +244,7 @@ def proxy_status(result: Any) -> int | None:
         status = result.get("statusCode")
         if isinstance(status, int) and not isinstance(status, bool):
             return status
-        if isinstance(status, str) and status.isdigit():
+        if isinstance(status, str) and status.isascii() and status.isdigit():
             return int(status)
     return None
 

@@ -13,19 +13,27 @@ tool error (``isError``) whose structured content is payfn's error body
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import uvloop
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from payfn_shared.errors import ApiError
+
+from infra.net.asgi import AsgiBridge
+from infra.net.server import HttpServer, load_limits
 
 #: Every payfn tool only reads: clients may run them without asking for confirmation.
 READ_ONLY = ToolAnnotations(
     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
 HTTP_HOST = "127.0.0.1"
+#: A tool call is a small JSON-RPC request.
+MCP_MAX_BODY_BYTES = 256 * 1024
 
 
 def report_result(report: dict[str, Any]) -> CallToolResult:
@@ -72,6 +80,26 @@ def serve(server: MCPServer, module: str, default_port: int, argv: Sequence[str]
     )
     args = parser.parse_args(argv)
     if args.http:
-        server.run("streamable-http", host=HTTP_HOST, port=args.port)
+        uvloop.run(serve_http(server, args.port))
     else:
         server.run()
+
+
+async def serve_http(server: MCPServer, port: int) -> None:
+    """Streamable HTTP (stateless, JSON answers) on payfn's one HTTP server, until SIGTERM/SIGINT.
+
+    The same server and limits as every payfn listener (bodies, headers, stalled
+    requests); each tool call is a self-contained request, so no session is kept.
+    """
+    bridge = AsgiBridge(server.streamable_http_app(stateless_http=True, json_response=True, host=HTTP_HOST),
+                        HTTP_HOST, port)
+    await bridge.startup()
+    http = HttpServer(bridge.handle, load_limits(MCP_MAX_BODY_BYTES))
+    await http.start(HTTP_HOST, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await http.close()
+    await bridge.shutdown()

@@ -30,6 +30,7 @@ from payfn_shared.config import Settings
 from payfn_shared.registry import InstanceInfo, RegistryClient
 
 from tests.e2e.gateway_client import call
+from tests.invoke_auth import invoke_headers
 from tests.observability_support import OUR_DASHBOARD, SEED_DASHBOARD, PanelQuery, dashboard_queries
 
 DEADLINE_SECONDS = 150
@@ -82,7 +83,7 @@ def failing_invocation(instance: InstanceInfo) -> None:
              "isBase64Encoded": False}
     invoke_path = instance.metadata.get("invokePath", "/2015-03-31/functions")
     request = urllib.request.Request(f"{instance.base_url}{invoke_path}/AuthorizeFunction/invocations",
-                                     data=json.dumps(event).encode(), method="POST")
+                                     data=json.dumps(event).encode(), method="POST", headers=invoke_headers())
     with urllib.request.urlopen(request, timeout=15) as response:
         assert response.headers.get("X-Amz-Function-Error") == "Unhandled"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -21,9 +20,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
+from payfn_shared.config import Settings, load_settings
+from payfn_shared.registry import RegistryClient
 
 from infra.aws import create_table_request, dynamodb_client
+from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryConfig, RegistryServer
 from infra.registry.store import RegistryStore, now_millis
 from infra.template import load_template
@@ -102,6 +103,7 @@ def running_registry(
     config: RegistryConfig | None = None,
     clock: Callable[[], int] = now_millis,
     cache_ttl: float = 0.0,
+    accounts: RegistryAccounts | None = None,
 ) -> Iterator[RegistryServer]:
     """A registry server in a thread over a fresh table shaped like the template's RegistryTable."""
     settings = replace(Settings(), aws_endpoint_url=endpoint)
@@ -111,12 +113,16 @@ def running_registry(
     request["TableName"] = f"registry-test-{uuid.uuid4().hex[:10]}"
     client.create_table(**request)
     store = RegistryStore(client, request["TableName"], cache_ttl=cache_ttl, clock=clock)
-    server = RegistryServer(("127.0.0.1", 0), store, config or RegistryConfig())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
+    accounts = accounts or RegistryAccounts.from_settings(load_settings())
+    server = RegistryServer(store, config or RegistryConfig(), accounts)
+    server.start_in_thread("127.0.0.1", 0)
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
         client.delete_table(TableName=request["TableName"])
+
+
+def registry_client(url: str, timeout: float = 10) -> RegistryClient:
+    """A client that writes with the stack's registry account (what payfn's processes use)."""
+    return RegistryClient(url, timeout=timeout, credentials=load_settings().registry_credentials)

@@ -25,6 +25,7 @@ from botocore.config import Config
 
 from infra.template import REPO_ROOT
 from tests.integration.registry_support import wait_until
+from tests.invoke_auth import with_invoke_token
 
 FIXTURE_TEMPLATE = REPO_ROOT / "tests" / "fixtures" / "template.yaml"
 
@@ -41,11 +42,11 @@ class HostProcess:
 
     def lambda_client(self) -> Any:
         """boto3's Lambda client against this host, retries off so throttles surface."""
-        return boto3.client(
+        return with_invoke_token(boto3.client(
             "lambda", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="x",
             aws_secret_access_key="x",
             config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=30),
-        )
+        ))
 
     def get_json(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=5) as response:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.registry import InstanceInfo
 
 from infra.registry.server import RegistryServer
 from tests.gateway_support import (
@@ -22,7 +22,7 @@ from tests.gateway_support import (
     wait_for,
     write_template,
 )
-from tests.integration.registry_support import aws_endpoint, free_port, running_registry
+from tests.integration.registry_support import aws_endpoint, free_port, registry_client, running_registry
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def template(tmp_path: Path) -> Path:
 
 
 def register(registry: RegistryServer, app: str, name: str, port: int, status: str = "UP") -> None:
-    client = RegistryClient(registry.url, timeout=10)
+    client = registry_client(registry.url)
     client.register(InstanceInfo(app, name, "127.0.0.1", port, status=status))
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payfn_shared.registry import RegistryClient
 
 from infra.registry.server import RegistryServer
 from tests.gateway_support import GatewayThread, function_host, gateway_thread, write_host_template
-from tests.integration.registry_support import aws_endpoint, running_registry, wait_until
+from tests.integration.registry_support import aws_endpoint, registry_client, running_registry, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def registry(endpoint: str) -> Iterator[RegistryServer]:
 
 def test_requests_reach_real_hosts_and_survive_a_killed_one(tmp_path: Path, registry: RegistryServer) -> None:
     template = write_host_template(tmp_path)
-    client = RegistryClient(registry.url, timeout=10)
+    client = registry_client(registry.url)
     with function_host(template, "INGEST-SERVICE", registry.url) as (first, _), \
             function_host(template, "INGEST-SERVICE", registry.url) as (_second, second_port):
         wait_until(lambda: len(client.instances("INGEST-SERVICE")) == 2)
@@ -109,7 +108,7 @@ def test_sigkill_under_load_no_client_failure_and_the_dead_instance_leaves(
     rotation, within that lease.
     """
     template = write_host_template(tmp_path)
-    client = RegistryClient(registry.url, timeout=10)
+    client = registry_client(registry.url)
     # The survivor takes the whole load at once and cold-starts environments for it:
     # requests wait for them rather than being throttled (capacity is not the point here).
     env = {"PAYFN_REGISTRY_RENEW_SECONDS": "1", "PAYFN_RUNTIME_QUEUE_WAIT_MS": "20000"}

@@ -4,6 +4,7 @@ a real Eureka client library (py-eureka-client) and a real Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -16,19 +17,22 @@ import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.config import Settings, load_settings
+from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 
 from infra.aws import dynamodb_client
+from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryServer
 from tests.integration.registry_support import (
     FakeClock,
     aws_endpoint,
     free_port,
+    registry_client,
     running_registry,
     wait_until,
 )
@@ -47,12 +51,17 @@ def registry(endpoint: str) -> Iterator[RegistryServer]:
 
 @pytest.fixture
 def client(registry: RegistryServer) -> RegistryClient:
-    return RegistryClient(registry.url, timeout=10)
+    return registry_client(registry.url)
 
 
-def http(method: str, url: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+         account: tuple[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request; a write carries ``account`` (default: the stack's) as HTTP Basic."""
+    sent = dict(headers or {})
+    if method != "GET":
+        user, password = account or load_settings().registry_credentials or ("", "")
+        sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(url, data=body, method=method, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, dict(response.headers), response.read()
@@ -176,7 +185,7 @@ def test_xml_register_body(client: RegistryClient, registry: RegistryServer) -> 
 def test_expired_leases_are_filtered_and_swept(endpoint: str) -> None:
     clock = FakeClock()
     with running_registry(endpoint, clock=clock) as server:
-        client = RegistryClient(server.url, timeout=10)
+        client = registry_client(server.url)
         client.register(instance("short", 9001, lease_duration=5))
         client.register(instance("long", 9002, lease_duration=60))
         clock.advance(3)
@@ -210,8 +219,10 @@ def test_real_eureka_client_registers_and_discovers(client: RegistryClient, regi
     client.register(instance())
 
     async def scenario() -> tuple[list[str], list[str]]:
+        user, password = load_settings().registry_credentials or ("", "")
         eureka = EurekaClient(
-            eureka_server=f"{registry.url}/eureka/", app_name="demo-service", instance_id="demo-1",
+            eureka_server=f"http://{user}:{password}@{registry.host}:{registry.port}/eureka/",
+            app_name="demo-service", instance_id="demo-1",
             instance_host="127.0.0.1", instance_ip="127.0.0.1", instance_port=7777,
             renewal_interval_in_secs=30, duration_in_secs=90,
         )
@@ -291,7 +302,7 @@ def test_cli_serves_and_stops_cleanly(endpoint: str) -> None:
                 return False
 
         wait_until(healthy)
-        client = RegistryClient(url, timeout=10)
+        client = registry_client(url)
         client.register(InstanceInfo("CLI-APP", "c-1", "127.0.0.1", 9009))
         assert [i.instance_id for i in client.instances("CLI-APP")] == ["c-1"]
         process.send_signal(signal.SIGTERM)
@@ -301,3 +312,69 @@ def test_cli_serves_and_stops_cleanly(endpoint: str) -> None:
             process.kill()
         settings = Settings(aws_endpoint_url=endpoint)
         dynamodb_client(settings).delete_table(TableName=table)
+
+
+def test_writes_need_the_registry_account(client: RegistryClient, registry: RegistryServer) -> None:
+    """As a Eureka server behind Spring Security: 401 without (or with wrong) credentials, nothing changes."""
+    client.register(instance())
+    body = json.dumps({"instance": instance("i-rogue", 6666).to_eureka()}).encode()
+    base = f"{registry.url}/eureka/apps/INGEST-SERVICE"
+    user = load_settings().registry_user
+    for account in (("", ""), (user, "wrong"), ("nobody", "x")):
+        for method, url, payload in (("POST", base, body), ("PUT", f"{base}/i-1", None),
+                                     ("PUT", f"{base}/i-1/status?value=OUT_OF_SERVICE", None),
+                                     ("PUT", f"{base}/i-1/metadata?a=b", None),
+                                     ("DELETE", f"{base}/i-1", None)):
+            status, headers, _ = http(method, url, payload, {"Content-Type": "application/json"}, account)
+            assert status == 401 and headers["WWW-Authenticate"].startswith("Basic"), (account, method, url)
+    (seen,) = client.instances("INGEST-SERVICE")
+    assert (seen.instance_id, seen.status, seen.metadata) == ("i-1", "UP", {})
+    assert RegistryClient(registry.url).instances("INGEST-SERVICE")  # reads stay open
+
+
+def test_an_instance_belongs_to_the_account_that_registered_it(endpoint: str, tmp_path: Path) -> None:
+    settings = load_settings()
+    accounts_file = tmp_path / "accounts"
+    accounts_file.write_text("other:other-secret\n", encoding="utf-8")
+    accounts = RegistryAccounts.from_settings(replace(settings, registry_accounts_file=str(accounts_file)))
+    with running_registry(endpoint, accounts=accounts) as server:
+        mine = registry_client(server.url)
+        theirs = RegistryClient(server.url, timeout=10, credentials=("other", "other-secret"))
+        mine.register(instance())
+        with pytest.raises(RegistryError, match="403"):
+            theirs.register(instance(port=6666))  # the same id: no take-over
+        with pytest.raises(RegistryError, match="403"):
+            theirs.renew("INGEST-SERVICE", "i-1")
+        with pytest.raises(RegistryError, match="403"):
+            theirs.cancel("INGEST-SERVICE", "i-1")
+        status, _, _ = http("PUT", f"{server.url}/eureka/apps/INGEST-SERVICE/i-1/status?value=DOWN",
+                            account=("other", "other-secret"))
+        assert status == 403
+        (seen,) = mine.instances("INGEST-SERVICE")
+        assert (seen.port, seen.status) == (9001, "UP")
+        theirs.register(instance("i-2", 9002))
+        assert mine.renew("INGEST-SERVICE", "i-1") and theirs.renew("INGEST-SERVICE", "i-2")
+        with pytest.raises(RegistryError, match="403"):
+            mine.cancel("INGEST-SERVICE", "i-2")
+        theirs.cancel("INGEST-SERVICE", "i-2")
+        assert [i.instance_id for i in mine.instances("INGEST-SERVICE")] == ["i-1"]
+
+
+def test_a_bad_stored_lease_is_left_out_and_never_breaks_a_listing(client: RegistryClient,
+                                                                   registry: RegistryServer) -> None:
+    """Leases written before validation existed (or by another writer) must not break every client."""
+    client.register(instance())
+    client.register(instance("i-bad", 9002))
+    client.register(instance("i-worse", 9003))
+    table, key = registry.store.table, {"app": {"S": "INGEST-SERVICE"}}
+    dynamo = registry.store._db
+    dynamo.update_item(TableName=table, Key={**key, "instanceId": {"S": "i-bad"}},
+                       UpdateExpression="SET #d = :d", ExpressionAttributeNames={"#d": "document"},
+                       ExpressionAttributeValues={":d": {"S": '{"countryId": "abc"}'}})
+    dynamo.update_item(TableName=table, Key={**key, "instanceId": {"S": "i-worse"}},
+                       UpdateExpression="SET metadata = :m",
+                       ExpressionAttributeValues={":m": {"M": {"k": {"S": "v\x01"}}}})
+    assert [i.instance_id for i in client.instances("INGEST-SERVICE")] == ["i-1"]
+    status, _, body = http("GET", f"{registry.url}/eureka/apps", headers={"Accept": "application/xml"})
+    root = ElementTree.fromstring(body)  # noqa: S314 - the registry under test wrote it
+    assert status == 200 and [e.text for e in root.iter("instanceId")] == ["i-1"]

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from infra.template import REPO_ROOT
 from tests.integration.registry_support import wait_until
 from tests.integration.runtime_support import FIXTURE_TEMPLATE, HostProcess, running_host
+from tests.invoke_auth import invoke_headers
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_event_and_dry_run_invocation_types(host: HostProcess, client: Any) -> N
 
 def test_payload_must_be_json(host: HostProcess) -> None:
     request = urllib.request.Request(host.url + "/2015-03-31/functions/NoopFunction/invocations",
-                                     data=b"{not json", method="POST")
+                                     data=b"{not json", method="POST", headers=invoke_headers())
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)
     assert caught.value.code == 400

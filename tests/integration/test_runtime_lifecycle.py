@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
-from payfn_shared.registry import RegistryClient
 
-from tests.integration.registry_support import aws_endpoint, running_registry, wait_until
+from tests.integration.registry_support import aws_endpoint, registry_client, running_registry, wait_until
 from tests.integration.runtime_support import FIXTURE_TEMPLATE, HostProcess, running_host
 
 HOT_TEMPLATE = """\
@@ -79,23 +78,23 @@ def test_code_change_is_picked_up_without_restart(tmp_path: Path) -> None:
 
 def test_registers_renews_and_cancels(tmp_path: Path, endpoint: str) -> None:
     with running_registry(endpoint) as registry:
-        registry_client = RegistryClient(registry.url)
+        client = registry_client(registry.url)
         args = ("--service", "TEST-SERVICE", "--template", str(FIXTURE_TEMPLATE),
                 "--registry-url", registry.url)
         with running_host(tmp_path, *args, env={"PAYFN_REGISTRY_RENEW_SECONDS": "0.3"}) as host:
             port = int(host.address.rsplit(":", 1)[1])
-            (instance,) = wait_until(lambda: registry_client.instances("TEST-SERVICE"))
+            (instance,) = wait_until(lambda: client.instances("TEST-SERVICE"))
             assert instance.instance_id == f"{socket.gethostname()}:TEST-SERVICE:{port}"
             assert (instance.host, instance.port, instance.status) == ("127.0.0.1", port, "UP")
             assert instance.metadata["metricsPath"] == "/metrics"
             assert instance.metadata["invokePath"] == "/2015-03-31/functions"
             assert "NoopFunction" in instance.metadata["functions"].split(",")
             # The registry forgets the instance (a restart, an expired lease): the next renewal re-registers.
-            registry_client.cancel("TEST-SERVICE", instance.instance_id)
-            wait_until(lambda: registry_client.instances("TEST-SERVICE"))
+            client.cancel("TEST-SERVICE", instance.instance_id)
+            wait_until(lambda: client.instances("TEST-SERVICE"))
             host.process.send_signal(signal.SIGTERM)
             assert host.process.wait(timeout=15) == 0
-            assert registry_client.instances("TEST-SERVICE") == []
+            assert client.instances("TEST-SERVICE") == []
 
 
 def test_host_serves_when_the_registry_is_down(tmp_path: Path) -> None:

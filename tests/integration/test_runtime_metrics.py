@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.template import REPO_ROOT
 from tests.integration.runtime_support import HostProcess, running_host
+from tests.invoke_auth import invoke_headers
 
 TEMPLATE = REPO_ROOT / "tests" / "fixtures" / "observability" / "template.yaml"
 BREAKER = "observability-fixture"
@@ -39,7 +40,7 @@ def value(text: str, metric: str, /, **labels: str) -> float | None:
 
 def invoke(host: HostProcess, function: str, event: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(f"{host.url}/2015-03-31/functions/{function}/invocations",
-                                     data=json.dumps(event).encode(), method="POST")
+                                     data=json.dumps(event).encode(), method="POST", headers=invoke_headers())
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

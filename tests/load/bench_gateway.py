@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.gateway_support import write_host_template
+from tests.invoke_auth import invoke_headers
 from tests.load import rawload
 
 DURATION = float(os.environ.get("PAYFN_BENCH_SECONDS", "5"))
 PACED_RPS = 500
 DIRECT_BODY = b'{"path": "/payments/noop", "httpMethod": "GET"}'
 DIRECT_PATH = "/2015-03-31/functions/NoopFunction/invocations"
-DIRECT_HEADERS = {"Content-Type": "application/json"}
+DIRECT_HEADERS = invoke_headers(**{"Content-Type": "application/json"})
 GATEWAY_PATH = "/api/payments/noop"
 
 

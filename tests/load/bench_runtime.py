@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.invoke_auth import invoke_headers
 from tests.load import rawload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ Resources:
 
 def _request_bytes(address: str) -> bytes:
     return rawload.request_bytes("POST", f"/2015-03-31/functions/{FUNCTION}/invocations", address,
-                                 b'{"bench": true}', {"Content-Type": "application/json"})
+                                 b'{"bench": true}', invoke_headers(**{"Content-Type": "application/json"}))
 
 
 def _in_process(seconds: float) -> dict[str, Any]:

@@ -7,10 +7,12 @@ import io
 from collections import Counter
 
 import pytest
+from payfn_shared.breaker import BreakerConfig
 
 from infra.drills.client import Answer, ClientLedger
 from infra.drills.consistency import FlowState
 from infra.drills.report import DrillFailed, Report
+from infra.drills.scenarios import surely_opens
 from tests.load.rawload import Connection
 
 
@@ -78,3 +80,16 @@ def test_http_connection_reads_split_responses_in_order() -> None:
 async def _wait(connection: Connection) -> tuple[int, bytes]:
     connection.waiter = asyncio.get_running_loop().create_future()
     return await connection.waiter
+
+
+@pytest.mark.parametrize(("buffered", "failed", "opens"), [
+    (0, 0, True),      # a fresh breaker: the seed's 5 successes + 6 failures = 54.5 %
+    (3, 0, False),     # 6 of 14 = 43 %
+    (96, 0, False),    # the used stack: a window full of successes
+    (100, 50, False),  # the old failures may be the ones pushed out: 39 + 6 of 100
+    (100, 95, True),   # even in the worst case 84 of 100 failed
+])
+def test_the_breaker_drill_knows_whether_its_outage_can_open_the_window(buffered: int, failed: int,
+                                                                        opens: bool) -> None:
+    snapshot = {"numberOfBufferedCalls": buffered, "numberOfFailedCalls": failed}
+    assert surely_opens(snapshot, BreakerConfig(), successes=5, failures=6) is opens

@@ -21,7 +21,7 @@ from infra.eventsource.poller import (
     Stopped,
 )
 from infra.eventsource.sources import KafkaSource
-from infra.invoke import InvokeResult
+from infra.net.invoke import InvokeResult
 
 CONFIG = PollerConfig(eventsource_max_retries=1, eventsource_backoff_initial_ms=1,
                       eventsource_backoff_max_ms=1, eventsource_min_batching_window_ms=0)

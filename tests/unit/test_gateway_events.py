@@ -22,7 +22,7 @@ from gateway.events import (
     parse_query,
 )
 from gateway.routing import ApiMap, ApiRoute
-from infra.http_server import Request
+from infra.net.server import Request
 from infra.template import load_template
 from tests.gateway_support import write_template
 

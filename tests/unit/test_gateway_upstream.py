@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from gateway import upstream
 from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamPool
 from infra.process import free_port
 
@@ -55,3 +56,30 @@ def test_connection_lost_tells_whether_the_answer_had_started() -> None:
 
     assert asyncio.run(lost(b"")).answer_started is False
     assert asyncio.run(lost(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{")).answer_started is True
+
+
+def test_a_connection_idle_past_the_limit_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server closes idle keep-alive connections (75 s): the pool stops reusing them well before."""
+
+    async def connections_used(idle_limit: float) -> int:
+        accepted = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+        monkeypatch.setattr(upstream, "MAX_IDLE_SECONDS", idle_limit)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1])
+        for _ in range(2):
+            assert (await pool.request("GET", "/x", timeout=5.0)).body == b"ok"
+            await asyncio.sleep(0.05)
+        pool.close()
+        server.close()
+        return accepted
+
+    assert asyncio.run(connections_used(30.0)) == 1
+    assert asyncio.run(connections_used(0.01)) == 2

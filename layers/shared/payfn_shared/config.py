@@ -137,6 +137,10 @@ class Settings:
     db_readonly_password: str = ""
     db_readonly_password_secret_arn: str = ""
     db_connect_timeout: float = 2.0
+    #: Bounds of the read-only user that the local MariaDB enforces (``payfn up`` installs them).
+    db_readonly_statement_seconds: int = 5
+    db_readonly_transaction_seconds: int = 30
+    db_readonly_max_connections: int = 32
 
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
@@ -157,6 +161,12 @@ class Settings:
     registry_host: str = "127.0.0.1"
     registry_port: int = 8761
     registry_table: str = "payfn-registry"
+    #: HTTP Basic account for registry writes (``infra.registry.accounts``); generated locally.
+    registry_user: str = "payfn"
+    registry_password: str = ""
+    registry_accounts_file: str = ""
+    #: The stack's token for the function hosts' Invoke API (``X-Payfn-Invoke-Token``); generated locally.
+    invoke_token: str = ""
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
@@ -170,6 +180,10 @@ class Settings:
                 port = getattr(self, f.name)
                 if not 0 < port < 65536:
                     raise ConfigError(f"{PREFIX}{f.name.upper()}={port} is not a TCP port")
+        if min(self.db_readonly_statement_seconds, self.db_readonly_transaction_seconds,
+               self.db_readonly_max_connections) < 1:
+            raise ConfigError(f"{PREFIX}DB_READONLY_STATEMENT_SECONDS, _TRANSACTION_SECONDS and "
+                              "_MAX_CONNECTIONS must be at least 1")
         retention = self.kafka_topic_retention_ms
         if retention != KAFKA_KEEP_FOREVER and retention < MIN_KAFKA_TOPIC_RETENTION_MS:
             raise ConfigError(
@@ -188,6 +202,11 @@ class Settings:
     @property
     def registry_url(self) -> str:
         return f"http://{self.registry_host}:{self.registry_port}"
+
+    @property
+    def registry_credentials(self) -> tuple[str, str] | None:
+        """(user, password) a registry client writes with; None when no password is configured."""
+        return (self.registry_user, self.registry_password) if self.registry_password else None
 
     @property
     def gateway_url(self) -> str:

@@ -11,12 +11,13 @@ and no shared connection means the client is safe to use from any thread.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 DEFAULT_RENEWAL_INTERVAL = 30
 DEFAULT_LEASE_DURATION = 90
@@ -119,13 +120,19 @@ class RegistryClient:
 
     ``base_url`` is the registry's address, with or without Eureka's ``/eureka``
     context path (``http://127.0.0.1:8761`` and ``http://127.0.0.1:8761/eureka``
-    both work), so it takes ``Settings.registry_url`` as it is.
+    both work), so it takes ``Settings.registry_url`` as it is. Writes carry HTTP
+    Basic ``credentials`` (or the URL's ``user:password@``, as Eureka clients take them).
     """
 
-    def __init__(self, base_url: str, timeout: float = 1.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 1.0,
+                 credentials: tuple[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"registry URL {base_url!r} is not an http(s) URL")
+        if credentials is None and parts.username is not None:
+            credentials = (unquote(parts.username), unquote(parts.password or ""))
+        self._authorization = None if credentials is None else "Basic " + base64.b64encode(
+            f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
@@ -139,6 +146,8 @@ class RegistryClient:
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         connection = connection_class(self._host, self._port, timeout=self.timeout)
         headers = {"Accept": "application/json"}
+        if self._authorization is not None and method != "GET":
+            headers["Authorization"] = self._authorization
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from payfn_shared import safejson
 from payfn_shared.config import ConfigError, load_dataclass
 from payfn_shared.currencies import ISO_4217_CODES
 from payfn_shared.errors import FieldError, MalformedJson, PayloadTooLarge, ValidationFailed
@@ -72,19 +72,6 @@ class RefundRequest:
     reason: str
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
 def parse_json_body(
     body: str | None,
     content_type: str | None,
@@ -118,8 +105,7 @@ def parse_json_body(
     if not raw.strip():
         raise MalformedJson("Request body is empty")
     try:
-        text = raw.decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+        data = safejson.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedJson(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -26,6 +26,7 @@ from payfn_shared.monitoring.reconciliation import (
     StatusTotal,
     reconcile,
 )
+from payfn_shared.numbers import parse_decimal
 from payfn_shared.payments.domain import PaymentStatus
 from payfn_shared.validation import IDEMPOTENCY_KEY_RE, MERCHANT_ID_RE
 
@@ -398,8 +399,9 @@ def _max_age(raw: str | int | None) -> int:
     if raw is None or raw == "":
         return 5
     text = str(raw).strip()
-    if not text.isdigit() or int(text) > MAX_OUTBOX_AGE_MINUTES:
+    minutes = parse_decimal(text)
+    if minutes is None or minutes > MAX_OUTBOX_AGE_MINUTES:
         raise ValidationFailed(
             errors=[FieldError("maxAgeMinutes", f"must be an integer from 0 to {MAX_OUTBOX_AGE_MINUTES}")]
         )
-    return int(text)
+    return minutes

@@ -49,6 +49,7 @@ from typing import Any
 
 from payfn_shared.currencies import ISO_4217_CODES
 from payfn_shared.errors import FieldError, ValidationFailed
+from payfn_shared.numbers import parse_decimal
 from payfn_shared.payments.domain import PaymentStatus
 from payfn_shared.validation import MERCHANT_ID_RE
 
@@ -103,9 +104,9 @@ UNIT_SECONDS: dict[str, int] = {
     **dict.fromkeys(("d", "day", "days"), 86_400),
     **dict.fromkeys(("w", "week", "weeks"), 604_800),
 }
-_COMPACT_DURATION = re.compile(r"(\d{1,6})([a-z]+)")
+_COMPACT_DURATION = re.compile(r"([0-9]{1,6})([a-z]+)")
 _TOKEN = re.compile(r"[^\s,]+")
-_OPERATOR = re.compile(r"(>|<)(\d+)")
+_OPERATOR = re.compile(r"(>|<)([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,8 @@ def parse_time_range(
         return TimeWindow(midnight - timedelta(days=1), midnight, "yesterday")
     if len(words) == 1 and words[0] in UNIT_SECONDS:
         words = ["1", words[0]]
-    if len(words) == 2 and words[0].isdigit():
-        window = _duration(int(words[0]), words[1], field)
+    if len(words) == 2 and (count := parse_decimal(words[0], 6)) is not None:
+        window = _duration(count, words[1], field)
     elif len(words) == 1 and (match := _COMPACT_DURATION.fullmatch(words[0])):
         window = _duration(int(match.group(1)), match.group(2), field)
     else:
@@ -223,9 +224,10 @@ class _Reader:
         if self.peek() == "than":
             self.index += 1
         token = self.next(f"an amount after {word!r}")
-        if not token.isdigit() or len(token) > 18:
+        amount = parse_decimal(token)
+        if amount is None:
             raise _reject("filter", f"{token!r} after {word!r} is not an amount in minor units")
-        return int(token)
+        return amount
 
 
 def parse_filter(text: str | None, now: datetime) -> PaymentFilter:
@@ -256,7 +258,7 @@ def parse_filter(text: str | None, now: datetime) -> PaymentFilter:
             values["amount_under"] = reader.amount(token)
         elif word in ("today", "yesterday") or word in RECENT_WORDS:
             phrase = word if word not in RECENT_WORDS else f"{word} {reader.next('a duration')}"
-            if word in RECENT_WORDS and phrase.split()[1].isdigit():
+            if word in RECENT_WORDS and parse_decimal(phrase.split()[1]) is not None:
                 phrase += f" {reader.next('a time unit').lower()}"
             window = parse_time_range(phrase, now, field="filter")
             values["created_from"], values["created_to"] = window.start, window.end
@@ -325,6 +327,7 @@ def capped_limit(raw: str | int | None, default: int, maximum: int) -> int:
     if raw is None or raw == "":
         return default
     text = str(raw).strip()
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    limit = parse_decimal(text)
+    if limit is None or not 1 <= limit <= maximum:
         raise _reject("limit", f"must be an integer from 1 to {maximum}")
-    return int(text)
+    return limit

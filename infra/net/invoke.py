@@ -22,6 +22,8 @@ from urllib.parse import quote
 from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 
 INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
+#: The stack's token on the function hosts' Invoke API (``PAYFN_INVOKE_TOKEN``; 403 without it).
+INVOKE_TOKEN_HEADER = "x-payfn-invoke-token"  # noqa: S105 - a header name, not a secret
 
 
 class InvokeUnavailable(RuntimeError):
@@ -64,9 +66,11 @@ class InvokeResult:
 class ServiceInvoker:
     """Round-robin invoker over the registry's UP instances of one service."""
 
-    def __init__(self, registry: RegistryClient, service: str, refresh_seconds: float = 2.0) -> None:
+    def __init__(self, registry: RegistryClient, service: str, token: str = "",
+                 refresh_seconds: float = 2.0) -> None:
         self.registry = registry
         self.service = service
+        self.token = token
         self.refresh_seconds = refresh_seconds
         self._instances: list[InstanceInfo] = []
         self._fetched_at = 0.0
@@ -128,6 +132,8 @@ class ServiceInvoker:
     def _post(self, instance: InstanceInfo, function: str, body: bytes, timeout: float) -> InvokeResult:
         path = INVOKE_PATH.format(name=quote(function, safe=""))
         headers = {"Content-Type": "application/json", "X-Amz-Invocation-Type": "RequestResponse"}
+        if self.token:
+            headers[INVOKE_TOKEN_HEADER] = self.token
         try:
             return self._request(instance, path, body, headers, timeout)
         except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):

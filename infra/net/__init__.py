@@ -1,0 +1,1 @@
+"""The network pieces every payfn process shares: the HTTP server, the HTTP client, discovery."""
