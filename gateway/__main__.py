@@ -15,29 +15,32 @@ from pathlib import Path
 
 import uvloop
 from payfn_shared.config import ConfigError, load_dataclass, load_settings
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.registry import Discovery, InstanceInfo, RegistryClient, RegistryLease
 
 from gateway.app import AccessLog, Gateway
 from gateway.config import GatewayConfig
-from gateway.discovery import ServiceDirectory
 from gateway.routing import ROUTES_PATH, ApiMap, RoutingConfigError, load_routes
-from infra.runtime.registration import Registration
 from infra.serving import serve_until_signal
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.gateway")
 SERVICE_NAME = "API-GATEWAY"
+#: Timeout of the directory's registry fetches (seconds; they run on a thread, never on the loop).
+REGISTRY_FETCH_TIMEOUT = 2.0
 #: Listening on every interface: register the loopback address, which is reachable from here.
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - compared with, never bound
+
+
+def build_directory(registry_url: str, config: GatewayConfig) -> Discovery:
+    """The gateway's view of the registry (reads need no credentials)."""
+    return Discovery(RegistryClient(registry_url, timeout=REGISTRY_FETCH_TIMEOUT),
+                     config.gateway_probe_interval, config.gateway_connect_timeout)
 
 
 def build_gateway(template: Path, routes: Path, registry_url: str, config: GatewayConfig,
                   invoke_token: str = "") -> Gateway:
     """Everything but the listening socket, so tests can build one in process."""
-    directory = ServiceDirectory(
-        registry_url, config.gateway_refresh_interval, config.gateway_probe_interval,
-        config.gateway_pool_size, config.gateway_connect_timeout,
-    )
+    directory = build_directory(registry_url, config)
     return Gateway(load_routes(routes), ApiMap.from_template(load_template(template)), directory, config,
                    AccessLog(), template, invoke_token=invoke_token)
 
@@ -57,15 +60,15 @@ async def run(args: argparse.Namespace) -> None:
     sys.stdout.write(f"LISTENING http://{args.host}:{port}\n")
     sys.stdout.flush()
     log.info("gateway on %s:%s, routes %s", args.host, port, ", ".join(r.id for r in gateway.routes))
-    registration = None
+    lease = None
     if config.gateway_register and not args.no_register:
         advertise = "127.0.0.1" if args.host in WILDCARDS else args.host
         instance = InstanceInfo(SERVICE_NAME, f"{socket.gethostname()}:api-gateway:{port}", advertise, port,
                                 metadata={"metricsPath": "/actuator/prometheus", "application": "gateway"})
         client = RegistryClient(registry_url, credentials=settings.registry_credentials)
-        registration = Registration(client, instance, config.gateway_renew_seconds)
-        registration.start()
-    await serve_until_signal(registration, gateway.close, log)
+        lease = RegistryLease(client, instance, config.gateway_renew_seconds)
+        lease.start()
+    await serve_until_signal(lease, gateway.close, log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import sys
 import time
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from payfn_shared.registry import DiscoveredInstance, Discovery
 
 from gateway.config import GatewayConfig
-from gateway.discovery import ServiceDirectory, Target
 from gateway.events import ProxyResultError, build_event, clean_headers, map_result, new_request_id
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.routing import ApiMap, ApiRoute, Failure, GatewayRoute, MethodNotAllowed
-from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamError, UpstreamTimeout
+from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamError, UpstreamPools, UpstreamTimeout
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 from infra.net.server import HttpServer, Limits, Refusal, Request, Response, load_limits
 from infra.template import load_template
@@ -80,9 +81,14 @@ class _Outcome:
 
 
 class Gateway:
-    """Routes, the API map, the service directory and the metrics of one gateway process."""
+    """Routes, the API map, the service directory and the metrics of one gateway process.
 
-    def __init__(self, routes: list[GatewayRoute], api_map: ApiMap, directory: ServiceDirectory,
+    The directory (the shared :class:`Discovery`) is refreshed every
+    ``gateway_refresh_interval`` on a thread, so the loop never waits on the registry;
+    the gateway keeps one connection pool per instance it lists.
+    """
+
+    def __init__(self, routes: list[GatewayRoute], api_map: ApiMap, directory: Discovery,
                  config: GatewayConfig, access_log: AccessLog | None = None,
                  template: Path | None = None, limits: Limits | None = None,
                  invoke_token: str = "") -> None:
@@ -92,6 +98,8 @@ class Gateway:
         self._template_mtime = template.stat().st_mtime if template is not None else 0.0
         self._watcher: asyncio.Task[None] | None = None
         self.directory = directory
+        self.pools = UpstreamPools(config.gateway_pool_size, config.gateway_connect_timeout)
+        self._refresher: asyncio.Task[None] | None = None
         self.config = config
         self.metrics = GatewayMetrics()
         # Rendering the exposition takes tens of ms once the label sets have grown (every
@@ -208,14 +216,14 @@ class Gateway:
         tried: set[str] = set()
         retry, wait = 0, 0.0
         while True:
-            target = await self.directory.pick_or_refresh(service, tried)
+            target = await self._pick(service, tried)
             if target is None:
                 message = f"No instance of {service} is available" + (" (all failed)" if tried else "")
                 return _Outcome(Response(503, error_body("SERVICE_UNAVAILABLE", message), [JSON]))
             tried.add(target.instance_id)
             try:
-                answer = await target.pool.request("POST", target_path, payload, self._invoke_headers,
-                                                   timeout)
+                answer = await self.pools.get(target.host, target.port).request(
+                    "POST", target_path, payload, self._invoke_headers, timeout)
             except ConnectFailed as failure:
                 if failure.refused:
                     self.directory.suspend(target, "refused the connection")
@@ -247,7 +255,7 @@ class Gateway:
                 await asyncio.sleep(wait)
 
     def _not_retried(self, service: str, kind: Failure, error: UpstreamError, request: Request,
-                     target: Target, request_id: str) -> _Outcome:
+                     target: DiscoveredInstance, request_id: str) -> _Outcome:
         """The answer when a failure is not (or no longer) retried: 503 if nothing was sent, else 502."""
         log.warning("request %s (%s %s) to %s failed, not retried: %s", request_id, request.method,
                     request.path, target.instance_id, error)
@@ -258,12 +266,12 @@ class Gateway:
                 target=f"{target.host}:{target.port}")
         return self._aws_error(502, "Internal server error", target)
 
-    def _aws_error(self, status: int, message: str, target: Target) -> _Outcome:
+    def _aws_error(self, status: int, message: str, target: DiscoveredInstance) -> _Outcome:
         return _Outcome(Response(status, _aws_message(message), [JSON]),
                         target=f"{target.host}:{target.port}")
 
-    def _answer(self, service: str, route: ApiRoute, target: Target, status: int, headers: dict[str, str],
-                body: bytes, request_id: str) -> _Outcome:
+    def _answer(self, service: str, route: ApiRoute, target: DiscoveredInstance, status: int,
+                headers: dict[str, str], body: bytes, request_id: str) -> _Outcome:
         """Lambda's Invoke answer → the client's response, with API Gateway's error mapping."""
         if status == 429:
             self.metrics.upstream_errors.labels(service, "throttled").inc()
@@ -314,11 +322,30 @@ class Gateway:
         return _Outcome(Response(
             404, error_body("NOT_FOUND", f"No route for {request.path}"), [JSON]))
 
+    async def _pick(self, service: str, tried: set[str]) -> DiscoveredInstance | None:
+        """The directory's next instance; a service with no usable one triggers one prompt refresh."""
+        target = self.directory.pick(service, tried)
+        if target is None and self.directory.prompt_refresh_allowed():
+            await self.refresh_directory()
+            target = self.directory.pick(service, tried)
+        return target
+
+    async def refresh_directory(self) -> bool:
+        """Fetch the registry once (on a thread), then drop the pools of instances gone from it."""
+        ok = await asyncio.to_thread(self.directory.refresh)
+        self.pools.keep_only(self.directory.endpoints())
+        return ok
+
+    async def _refresh_directory_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.gateway_refresh_interval)
+            await self.refresh_directory()
+
     async def serve(self, host: str, port: int) -> int:
         """Fetch the registry once (so the first requests find instances), then listen; returns the port."""
-        await self.directory.refresh()
-        self.directory.start()
+        await self.refresh_directory()
         loop = asyncio.get_running_loop()
+        self._refresher = loop.create_task(self._refresh_directory_forever())
         if self.template is not None:
             self._watcher = loop.create_task(self._watch_template(self.template))
         return await self.http.start(host, port)
@@ -345,7 +372,12 @@ class Gateway:
         await self.http.close()
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.directory.stop()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        self.directory.close()
+        self.pools.close()
         self._scrape.shutdown(wait=False, cancel_futures=True)
         if self.access_log is not None:
             self.access_log.flush()

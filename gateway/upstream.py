@@ -185,17 +185,6 @@ class UpstreamPool:
             raise ConnectFailed(f"cannot connect to {self.address}: {exc!r}", refused) from exc
         return protocol
 
-    async def probe(self) -> bool:
-        """Whether a TCP connection opens now (the cheapest proof that an instance is back)."""
-        loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(asyncio.Protocol, self.host, self.port), self.connect_timeout)
-        except (OSError, TimeoutError):
-            return False
-        transport.close()
-        return True
-
     async def request(self, method: str, target: str, body: bytes = b"",
                       headers: list[tuple[str, str]] | None = None,
                       timeout: float = 30.0) -> UpstreamResponse:
@@ -234,3 +223,27 @@ class UpstreamPool:
         self.closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+class UpstreamPools:
+    """One :class:`UpstreamPool` per instance address, dropped once the instance is gone."""
+
+    def __init__(self, max_idle: int = 64, connect_timeout: float = 1.0) -> None:
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self._pools: dict[tuple[str, int], UpstreamPool] = {}
+
+    def get(self, host: str, port: int) -> UpstreamPool:
+        key = (host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = UpstreamPool(host, port, self.max_idle, self.connect_timeout)
+        return pool
+
+    def keep_only(self, live: set[tuple[str, int]]) -> None:
+        """Close the pools of addresses no longer in ``live``."""
+        for key in [k for k in self._pools if k not in live]:
+            self._pools.pop(key).close()
+
+    def close(self) -> None:
+        self.keep_only(set())

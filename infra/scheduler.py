@@ -45,12 +45,12 @@ from typing import Any, Protocol
 import prometheus_client
 from payfn_shared.config import load_settings, merged_environment
 from payfn_shared.numbers import parse_decimal
-from payfn_shared.registry import RegistryClient
+from payfn_shared.registry import RegistryClient, RegistryLease
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.net.invoke import InvokeUnavailable, ServiceInvoker
 from infra.runtime.functions import ACCOUNT_ID, REGION, template_parameters
-from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
+from infra.serving import StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, Template, TemplateError, load_template
 
 log = logging.getLogger("payfn.scheduler")

@@ -3,7 +3,8 @@
 They are not function hosts but must be seen like them: a ``/metrics`` endpoint
 Prometheus scrapes and a ``/health`` endpoint a supervisor polls, and a registry
 lease (Eureka stand-in) so Prometheus' ``eureka_sd_configs`` finds them. Both run
-in daemon threads so the process's own work loop stays plain blocking code.
+in daemon threads so the process's own work loop stays plain blocking code (the
+lease is the shared ``payfn_shared.registry.RegistryLease``).
 
 The asyncio servers (gateway, function hosts) share the end of their main instead:
 ``serve_until_signal``.
@@ -18,19 +19,15 @@ import logging
 import os
 import signal
 import socket
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
+from payfn_shared.registry import InstanceInfo, RegistryLease
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from infra.net.server import HttpServer, Request, Response, ThreadedServer, blocking, load_limits
-
-if TYPE_CHECKING:
-    from infra.runtime.registration import Registration
 
 log = logging.getLogger("payfn.serving")
 JSON = ("Content-Type", "application/json")
@@ -83,54 +80,6 @@ class StatusServer:
         self._executor.shutdown(wait=False)
 
 
-class RegistryLease:
-    """Register once, renew every ``renew_seconds``, cancel on ``stop``; never fatal.
-
-    The registry may start later or restart: failures are logged and retried at the
-    next beat, and a renewal answered "unknown instance" registers again.
-    """
-
-    def __init__(self, client: RegistryClient, instance: InstanceInfo, renew_seconds: float = 30.0) -> None:
-        self.client = client
-        self.instance = instance
-        self.renew_seconds = renew_seconds
-        self.registered = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="registry-lease", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.beat()
-            self._stop.wait(self.renew_seconds if self.registered else min(self.renew_seconds, 5.0))
-
-    def beat(self) -> None:
-        instance = self.instance
-        try:
-            if self.registered:
-                self.registered = self.client.renew(instance.app, instance.instance_id)
-            if not self.registered:
-                self.client.register(instance)
-                self.registered = True
-                log.info("registered %s as %s", instance.app, instance.instance_id)
-        except (RegistryError, OSError) as exc:
-            self.registered = False
-            log.warning("registry unavailable (%s); retrying", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)  # a beat in flight may be registering right now
-        if self.registered:
-            try:
-                self.client.cancel(self.instance.app, self.instance.instance_id)
-            except (RegistryError, OSError) as exc:
-                log.warning("could not cancel %s: %s (the lease will expire)", self.instance.instance_id, exc)
-        self.registered = False
-
-
 def announce(host: str, port: int, port_file: Path | None) -> None:
     """Print ``LISTENING host:port`` and write it to ``port_file`` atomically (what supervisors read)."""
     address = f"{host}:{port}"
@@ -147,14 +96,14 @@ def instance_for(app: str, host: str, port: int, name: str, metadata: dict[str, 
                         port=port, status="UP", metadata={"metricsPath": "/metrics", **metadata})
 
 
-async def serve_until_signal(registration: Registration | None, close: Callable[[], Awaitable[None]],
+async def serve_until_signal(lease: RegistryLease | None, close: Callable[[], Awaitable[None]],
                              logger: logging.Logger) -> None:
     """The tail of an asyncio server's main: wait for SIGTERM/SIGINT, deregister, then ``close()``.
 
     The lease is cancelled *before* the server closes: the registry drops the instance
     while it still answers, so whoever discovers it there (the gateway's service
     directory, Prometheus) stops sending to it instead of meeting a closed port until
-    the lease would have expired. ``registration`` is None when the process did not
+    the lease would have expired. ``lease`` is None when the process did not
     register (``--no-register``); ``close`` stops the server (what differs per server);
     ``logger`` is the caller's, which logs ``stopping`` once a signal arrived. Must run
     in the main thread (signal handlers); they stay installed, so a second signal
@@ -166,6 +115,6 @@ async def serve_until_signal(registration: Registration | None, close: Callable[
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     logger.info("stopping")
-    if registration is not None:
-        await registration.stop()
+    if lease is not None:
+        await asyncio.to_thread(lease.stop)
     await close()

@@ -27,9 +27,9 @@ from typing import IO, Any
 import uvloop
 from payfn_shared.config import load_settings
 
+from gateway.__main__ import build_directory
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
-from gateway.discovery import ServiceDirectory
 from gateway.routing import ROUTES_PATH, ApiMap, load_routes
 from infra.template import load_template
 
@@ -242,9 +242,7 @@ class GatewayThread:
         defaults = GatewayConfig(gateway_refresh_interval=0.2, gateway_register=False,
                                  gateway_access_log=False)
         self.config = replace(defaults, **config)
-        directory = ServiceDirectory(registry_url, self.config.gateway_refresh_interval,
-                                     self.config.gateway_probe_interval, self.config.gateway_pool_size,
-                                     self.config.gateway_connect_timeout)
+        directory = build_directory(registry_url, self.config)
         self.gateway = Gateway(load_routes(ROUTES_PATH), ApiMap.from_template(load_template(template)),
                                directory, self.config, template=template,
                                invoke_token=load_settings().invoke_token)
@@ -266,7 +264,7 @@ class GatewayThread:
     def refresh(self) -> None:
         """Make the gateway see the registry as it is now (the first call may join an older fetch)."""
         for _ in range(2):
-            asyncio.run_coroutine_threadsafe(self.gateway.directory.refresh(), self.loop).result(5)
+            asyncio.run_coroutine_threadsafe(self.gateway.refresh_directory(), self.loop).result(5)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.gateway.close(), self.loop).result(5)

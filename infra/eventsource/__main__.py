@@ -31,13 +31,13 @@ from typing import Any
 import prometheus_client
 from kafka import KafkaProducer
 from payfn_shared.config import ConfigError, load_dataclass, load_settings
-from payfn_shared.registry import RegistryClient
+from payfn_shared.registry import RegistryClient, RegistryLease
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
 from infra.net.invoke import ServiceInvoker
 from infra.runtime.functions import template_parameters
-from infra.serving import RegistryLease, StatusServer, add_serving_arguments, announce, instance_for
+from infra.serving import StatusServer, add_serving_arguments, announce, instance_for
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.eventsource")

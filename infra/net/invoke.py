@@ -2,24 +2,24 @@
 
 The scheduler and the Kafka event-source poller find the function's service in
 the registry, pick an UP instance round-robin and ``POST
-/2015-03-31/functions/{name}/invocations`` on it. An instance that refuses the
-connection is skipped for the next one (the registry may lag a dead host by a
-lease); only when none answers does the caller see :class:`InvokeUnavailable`,
-which means "nothing ran, try again later", never "the function failed".
+/2015-03-31/functions/{name}/invocations`` on it, through the one
+:class:`~payfn_shared.registry.Discovery` the gateway uses too. An instance that
+refuses the connection or drops it is quarantined and the next one tried (the
+registry may lag a dead host by a lease); only when none answers does the caller see
+:class:`InvokeUnavailable`, which means "nothing ran, try again later", never "the
+function failed".
 """
 
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
+from payfn_shared.registry import DiscoveredInstance, Discovery, RegistryClient
 
 INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
 #: The stack's token on the function hosts' Invoke API (``PAYFN_INVOKE_TOKEN``; 403 without it).
@@ -64,33 +64,17 @@ class InvokeResult:
 
 
 class ServiceInvoker:
-    """Round-robin invoker over the registry's UP instances of one service."""
+    """Round-robin invoker over the registry's UP instances of one service, with quarantine."""
 
     def __init__(self, registry: RegistryClient, service: str, token: str = "",
                  refresh_seconds: float = 2.0) -> None:
-        self.registry = registry
+        self.discovery = Discovery(registry)
         self.service = service
         self.token = token
         self.refresh_seconds = refresh_seconds
-        self._instances: list[InstanceInfo] = []
-        self._fetched_at = 0.0
-        self._counter = itertools.count()
-        self._lock = threading.Lock()
         self._local = threading.local()
 
-    def instances(self, force: bool = False) -> list[InstanceInfo]:
-        """UP instances, cached ``refresh_seconds`` (the registry is asked at most that often)."""
-        with self._lock:
-            if force or time.monotonic() - self._fetched_at > self.refresh_seconds:
-                try:
-                    found = self.registry.instances(self.service)
-                except RegistryError:
-                    found = self._instances
-                self._instances = [i for i in found if i.status == "UP"]
-                self._fetched_at = time.monotonic()
-            return list(self._instances)
-
-    def _connection(self, instance: InstanceInfo, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self, instance: DiscoveredInstance, timeout: float) -> http.client.HTTPConnection:
         connections: dict[str, http.client.HTTPConnection]
         connections = self._local.__dict__.setdefault("connections", {})
         key = f"{instance.host}:{instance.port}"
@@ -103,33 +87,44 @@ class ServiceInvoker:
             connection.sock.settimeout(timeout)
         return connection
 
-    def _drop(self, instance: InstanceInfo) -> None:
+    def _drop(self, instance: DiscoveredInstance) -> None:
         connections: dict[str, http.client.HTTPConnection] = self._local.__dict__.get("connections", {})
         connection = connections.pop(f"{instance.host}:{instance.port}", None)
         if connection is not None:
             connection.close()
 
     def invoke(self, function: str, event: Any, timeout: float) -> InvokeResult:
-        """Invoke synchronously (``RequestResponse``); raises InvokeUnavailable if no instance answered."""
+        """Invoke synchronously (``RequestResponse``); raises InvokeUnavailable if no instance answered.
+
+        The copy of the registry is refreshed when older than ``refresh_seconds``. A
+        refused or dropped connection quarantines the instance; a timeout does not.
+        """
         body = json.dumps(event, separators=(",", ":")).encode()
-        instances = self.instances()
-        if not instances:
-            instances = self.instances(force=True)
-        if not instances:
-            raise InvokeUnavailable(f"no UP instance of {self.service} in the registry")
-        start = next(self._counter)
+        self.discovery.refresh_if_older(self.refresh_seconds)
+        tried: set[str] = set()
         errors = []
-        for i in range(len(instances)):
-            instance = instances[(start + i) % len(instances)]
+        while (instance := self.discovery.pick_or_refresh(self.service, tried)) is not None:
+            if instance.instance_id in tried:
+                break
+            tried.add(instance.instance_id)
             try:
                 return self._post(instance, function, body, timeout)
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(instance)
+            except ConnectionRefusedError as exc:
+                self.discovery.suspend(instance, "refused the connection")
                 errors.append(f"{instance.instance_id}: {exc}")
-        self.instances(force=True)
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+                self.discovery.suspend(instance, "dropped a connection it had a request on")
+                errors.append(f"{instance.instance_id}: {exc}")
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"{instance.instance_id}: {exc}")
+            self._drop(instance)
+        if not tried:
+            raise InvokeUnavailable(f"no usable UP instance of {self.service} in the registry "
+                                    f"(quarantined: {self.discovery.quarantined()})")
+        self.discovery.refresh()
         raise InvokeUnavailable(f"no instance of {self.service} answered: {'; '.join(errors)}")
 
-    def _post(self, instance: InstanceInfo, function: str, body: bytes, timeout: float) -> InvokeResult:
+    def _post(self, instance: DiscoveredInstance, function: str, body: bytes, timeout: float) -> InvokeResult:
         path = INVOKE_PATH.format(name=quote(function, safe=""))
         headers = {"Content-Type": "application/json", "X-Amz-Invocation-Type": "RequestResponse"}
         if self.token:
@@ -141,7 +136,7 @@ class ServiceInvoker:
             self._drop(instance)
             return self._request(instance, path, body, headers, timeout)
 
-    def _request(self, instance: InstanceInfo, path: str, body: bytes, headers: dict[str, str],
+    def _request(self, instance: DiscoveredInstance, path: str, body: bytes, headers: dict[str, str],
                  timeout: float) -> InvokeResult:
         connection = self._connection(instance, timeout)
         connection.request("POST", path, body=body, headers=headers)

@@ -99,7 +99,7 @@ import orjson
 import prometheus_client
 import uvloop
 from payfn_shared.config import ConfigError, Settings, load_dataclass, load_settings
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryLease
 
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 from infra.net.server import HttpServer, Refusal, Request, Response, json_refusal, load_limits
@@ -116,7 +116,6 @@ from infra.runtime.functions import (
 from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_request_id
 from infra.runtime.logs import VERSION
 from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
-from infra.runtime.registration import Registration
 from infra.serving import serve_until_signal
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
@@ -359,7 +358,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
     sys.stdout.flush()
     log.info("serving %s on %s", ", ".join(host.functions), address)
 
-    registration = None
+    lease = None
     if args.service and not args.no_register:
         advertise = args.advertise_host or advertised_host(args.host)
         instance = InstanceInfo(
@@ -369,17 +368,17 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
                 "application": args.service.lower(),
                 "invokePath": INVOKE_PREFIX.rstrip("/"),
             })
-        registration = Registration(RegistryClient(args.registry_url or settings.registry_url,
-                                                   credentials=settings.registry_credentials), instance,
-                                    config.registry_renew_seconds)
-        registration.start()
+        lease = RegistryLease(RegistryClient(args.registry_url or settings.registry_url,
+                                             credentials=settings.registry_credentials), instance,
+                              config.registry_renew_seconds)
+        lease.start()
 
     async def close() -> None:
         await server.close()
         await host.close()
         api.close()
 
-    await serve_until_signal(registration, close, log)
+    await serve_until_signal(lease, close, log)
     return 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from typing import Any, cast
 
 import pytest
@@ -13,22 +14,22 @@ import pytest
 from infra.serving import serve_until_signal
 
 
-class FakeRegistration:
+class FakeLease:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
 
-    async def stop(self) -> None:
-        await asyncio.sleep(0)  # an await in between: close must still wait for it
+    def stop(self) -> None:
+        time.sleep(0.01)  # runs on a thread: close must still wait for it
         self.calls.append("deregister")
 
 
-async def run_until(signum: int, registration: FakeRegistration | None, calls: list[str]) -> None:
+async def run_until(signum: int, lease: FakeLease | None, calls: list[str]) -> None:
     async def close() -> None:
         calls.append("close")
 
     loop = asyncio.get_running_loop()
     logger = logging.getLogger("test.serving")
-    tail = loop.create_task(serve_until_signal(cast(Any, registration), close, logger))
+    tail = loop.create_task(serve_until_signal(cast(Any, lease), close, logger))
     await asyncio.sleep(0)  # let it install its handlers
     assert calls == []  # nothing happens before a signal
     os.kill(os.getpid(), signum)
@@ -39,12 +40,12 @@ async def run_until(signum: int, registration: FakeRegistration | None, calls: l
 def test_deregisters_before_closing_on_signal(signum: int, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[str] = []
     with caplog.at_level(logging.INFO, logger="test.serving"):
-        asyncio.run(run_until(signum, FakeRegistration(calls), calls))
+        asyncio.run(run_until(signum, FakeLease(calls), calls))
     assert calls == ["deregister", "close"]
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("test.serving", "stopping")]
 
 
-def test_closes_without_registration() -> None:
+def test_closes_without_lease() -> None:
     calls: list[str] = []
     asyncio.run(run_until(signal.SIGTERM, None, calls))
     assert calls == ["close"]

@@ -1,7 +1,8 @@
 """Client of payfn's registry (a Eureka stand-in) over Eureka's REST API.
 
-Function hosts register, renew and cancel their instances with it; the gateway
-and tools read the instances back. It speaks plain Eureka JSON so that the same
+Every process registers, renews and cancels its instance with it (through
+:mod:`.lease`); the gateway, the invokers and tools read the instances back
+(through :mod:`.discovery`). It speaks plain Eureka JSON so that the same
 code works against a real Eureka server, and it uses only the standard library
 because it ships in the Lambda layer, where every dependency costs cold-start time.
 
@@ -206,7 +207,7 @@ class RegistryClient:
 
 
 def parse_applications(document: Mapping[str, Any]) -> dict[str, list[InstanceInfo]]:
-    """Eureka's ``{"applications": …}`` JSON → app name → instances (shared with async readers)."""
+    """Eureka's ``{"applications": …}`` JSON → app name → instances."""
     applications = document.get("applications") or {}
     result: dict[str, list[InstanceInfo]] = {}
     for application in _as_list(applications.get("application")):
