@@ -17,7 +17,7 @@ class GatewayConfig:
     Timeout (plus a second for the host) applies when shorter.
     ``gateway_probe_interval``: how often a quarantined instance (refused or dropped a
     connection) is probed with a TCP connect; it stays out of rotation until a probe
-    succeeds or the registry drops it (see ``gateway.discovery``).
+    succeeds or the registry drops it (see ``payfn_shared.registry.discovery``).
     """
 
     gateway_max_body_bytes: int = 1024 * 1024
