@@ -8,6 +8,8 @@ bounded from Content-Length or while chunks arrive (413), a request that stalls 
 answered 408, and a refused connection is closed only after its unread input has been
 drained for a moment, so the client reads the answer instead of a reset.
 Requests on a connection are answered in arrival order; a response is one write.
+Against uvicorn (httptools + uvloop) on a trivial 200 (``tests/load/bench_pieces.py``, wrk, 2 cores):
+18–31k vs 13–20k req/s, 21–26 vs 27–30 server CPU µs per request; so this one stays.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Everything a client can get wrong is decided here, before any dependency is
 touched, so a bad request costs no database round trip and no rate-limit token.
 Field errors are collected (not first-fail) so a client sees all of them at once.
+Against Powertools' ``enable_validation`` + pydantic (``tests/load/bench_pieces.py``): 34–43 vs 66–81
+CPU µs per authorize through the resolver, and its 422 ``detail`` list is not the spec's 400 body.
 """
 
 from __future__ import annotations
