@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from payfn_shared.config import ConfigError
 
 from infra.components import StackError
-from infra.deploy import add_parser as add_deploy_parser
+from infra.deploy.command import add_parser as add_deploy_parser
 from infra.drills.cli import add_parser as add_drill_parser
 from infra.services import parse_scale, template_services
 from infra.stack import ComponentStatus, Supervisor

@@ -118,8 +118,10 @@ def _cron_field(text: str, low: int, high: int, names: Mapping[str, int] | None 
 class Cron:
     """EventBridge's six-field ``cron(minutes hours day-of-month month day-of-week year)`` in UTC.
 
-    ``L``, ``W`` and ``#`` are not supported: they are rejected as invalid values,
-    never silently misread.
+    Our own parser, not croniter: croniter reads Unix cron (6th field seconds, 0 = Sunday,
+    day-of-month OR day-of-week), so EventBridge's fields would need a translation about as
+    long as this, and the template only uses ``rate()``. ``L``, ``W`` and ``#`` are rejected
+    as invalid values, never silently misread.
     """
 
     minutes: frozenset[int]

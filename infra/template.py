@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from samtranslator.yaml_helper import intrinsics_multi_constructor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -33,34 +34,23 @@ class TemplateError(ValueError):
 _NO_VALUE = object()
 
 
-class _Intrinsic(dict):
-    """A CloudFormation short-form tag (``!Ref X``) kept as its long form ``{"Ref": X}``."""
-
-
-def _make_constructor(tag: str):
-    long_name = "Ref" if tag == "Ref" else f"Fn::{tag}"
-
-    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> _Intrinsic:
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-            if tag == "GetAtt" and isinstance(value, str):
-                value = value.split(".", 1)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        return _Intrinsic({long_name: value})
-
-    return construct
-
-
 class _TemplateLoader(yaml.SafeLoader):
-    pass
+    """A safe loader that also reads CloudFormation's short-form tags (``!Ref X`` → ``{"Ref": X}``).
+
+    The tags are samtranslator's own constructor (what ``sam`` parses templates with),
+    registered on this subclass: ``samtranslator.yaml_helper.yaml_parse`` would register
+    it on ``yaml.SafeLoader`` itself, and every other ``safe_load`` in the process would
+    then accept ``!`` tags too.
+    """
 
 
-for _tag in ("Ref", "Sub", "GetAtt", "Join", "Select", "Split", "If", "Equals", "Not", "And", "Or",
-             "FindInMap", "ImportValue", "Base64", "Cidr", "GetAZs", "Condition"):
-    _TemplateLoader.add_constructor(f"!{_tag}", _make_constructor(_tag))
+_TemplateLoader.add_multi_constructor("!", intrinsics_multi_constructor)
+
+
+def parse_template(text: str) -> dict[str, Any]:
+    """A SAM/CloudFormation template's YAML (short-form tags included) as plain data."""
+    document: dict[str, Any] = yaml.load(text, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
+    return document
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,10 +95,6 @@ class FunctionSpec:
     @property
     def handler(self) -> str:
         return str(self.properties["Handler"])
-
-    @property
-    def code_uri(self) -> Path:
-        return REPO_ROOT / str(self.properties.get("CodeUri", "."))
 
     @property
     def runtime(self) -> str:
@@ -263,19 +249,11 @@ class Template:
                 return spec
         raise TemplateError(f"no function {logical_id} in the template")
 
-    def layer_paths(self) -> dict[str, Path]:
-        """Logical id of each ``AWS::Serverless::LayerVersion`` → its source folder."""
-        return {
-            logical_id: REPO_ROOT / str(resource["Properties"]["ContentUri"])
-            for logical_id, resource in self.resources.items()
-            if resource.get("Type") == "AWS::Serverless::LayerVersion"
-        }
-
 
 def load_template(path: Path = TEMPLATE_PATH, parameters: Mapping[str, str] | None = None) -> Template:
     """Parse ``template.yaml`` (CloudFormation short-form tags included)."""
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_TemplateLoader)  # noqa: S506
+        raw = parse_template(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TemplateError(f"{path} not found") from None
     return Template(raw, parameters)

@@ -7,25 +7,22 @@ import os
 import subprocess
 import sys
 import zipfile
+from datetime import datetime
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto import mock_aws
-from payfn_shared.config import ConfigError, load_settings, read_secret_password
+from payfn_shared.config import ConfigError, load_settings, secrets_provider
 from samtranslator.yaml_helper import yaml_parse
 
-from infra.deploy import (
-    DeployError,
-    content_hash,
-    expand,
-    failure_reasons,
-    leave_out_gaps,
-    load_target,
-    parse_parameter_overrides,
-    zip_folder,
-)
+from infra.deploy.artifacts import content_hash, zip_folder
+from infra.deploy.cloudformation import WAIT_DELAY_SECONDS, create_or_update, failure_reasons, wait_for_stack
+from infra.deploy.target import DeployError, DeployTarget, load_target, parse_parameter_overrides
+from infra.deploy.transform import expand, leave_out_gaps
 from infra.template import TEMPLATE_PATH, load_template
 
 
@@ -106,6 +103,62 @@ def test_failure_reasons_name_each_failed_resource_once() -> None:
     assert failure_reasons(events) == ["Table (AWS::DynamoDB::Table): Table already exists"]
 
 
+def _stubbed_cloudformation() -> tuple[Any, Stubber]:
+    client = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="payfn-local",
+                          aws_secret_access_key="payfn-local")
+    return client, Stubber(client)
+
+
+def _described(status: str) -> dict[str, Any]:
+    return {"Stacks": [{"StackName": "s", "StackStatus": status, "CreationTime": datetime(2026, 1, 1)}]}
+
+
+MISSING_STACK = {"service_error_code": "ValidationError", "service_message": "Stack with id s does not exist"}
+STUB_TARGET = DeployTarget(env="aws", stack_name="s", region="us-east-1", endpoint_url=None, s3_bucket="b",
+                           resolve_s3=False, create_bucket=False, expand_transform=False, emulator=None,
+                           capabilities=("CAPABILITY_IAM",))
+
+
+def test_a_rolled_back_creation_reports_the_failed_resources() -> None:
+    """The create waiter stops at ROLLBACK_COMPLETE; the error names the failing events, not the waiter."""
+    client, stub = _stubbed_cloudformation()
+    stub.add_client_error("describe_stacks", **MISSING_STACK)
+    stub.add_response("create_stack", {"StackId": "arn:aws:cloudformation:us-east-1:1:stack/s/1"})
+    stub.add_response("describe_stacks", _described("ROLLBACK_COMPLETE"))
+    stub.add_response("describe_stacks", _described("ROLLBACK_COMPLETE"))
+    stub.add_response("describe_stack_events", {"StackEvents": [
+        {"StackId": "1", "EventId": "e", "StackName": "s", "Timestamp": datetime(2026, 1, 1),
+         "LogicalResourceId": "Table", "ResourceType": "AWS::DynamoDB::Table",
+         "ResourceStatus": "CREATE_FAILED", "ResourceStatusReason": "Table already exists"}]})
+    with stub, pytest.raises(DeployError) as failure:
+        create_or_update(lambda service: client, STUB_TARGET, {"Resources": {}}, "b")
+    assert str(failure.value) == ("stack s ended ROLLBACK_COMPLETE:\n"
+                                  "  Table (AWS::DynamoDB::Table): Table already exists")
+    stub.assert_no_pending_responses()
+
+
+def test_a_dead_stack_is_deleted_then_created_through_the_waiters() -> None:
+    client, stub = _stubbed_cloudformation()
+    stub.add_response("describe_stacks", _described("ROLLBACK_COMPLETE"))
+    stub.add_response("delete_stack", {}, {"StackName": "s"})
+    stub.add_client_error("describe_stacks", **MISSING_STACK)
+    stub.add_response("create_stack", {"StackId": "arn:aws:cloudformation:us-east-1:1:stack/s/2"})
+    stub.add_response("describe_stacks", _described("CREATE_COMPLETE"))
+    stub.add_response("describe_stacks", _described("CREATE_COMPLETE"))
+    with stub:
+        status = create_or_update(lambda service: client, STUB_TARGET, {"Resources": {}}, "b")
+    assert status == "CREATE_COMPLETE"
+    stub.assert_no_pending_responses()
+
+
+def test_a_stack_still_in_progress_when_the_waiter_gives_up_is_an_error() -> None:
+    client, stub = _stubbed_cloudformation()
+    stub.add_response("describe_stacks", _described("UPDATE_IN_PROGRESS"))
+    stub.add_response("describe_stacks", _described("UPDATE_IN_PROGRESS"))
+    with stub, pytest.raises(DeployError, match="stack s still UPDATE_IN_PROGRESS after 2 s"):
+        wait_for_stack(client, "s", "stack_update_complete", timeout=WAIT_DELAY_SECONDS)
+
+
 def test_template_conditions_resolve_locally() -> None:
     plain = load_template().function("AuthorizeFunction")
     assert plain.reserved_concurrency is None and "VpcConfig" not in plain.properties
@@ -125,7 +178,7 @@ def test_every_function_has_a_log_group_with_retention() -> None:
 
 @mock_aws
 def test_db_password_read_from_secrets_manager() -> None:
-    read_secret_password.cache_clear()
+    secrets_provider.cache_clear()
     client = boto3.client("secretsmanager", region_name="us-east-1")
     plain = client.create_secret(Name="plain", SecretString="s3cret")["ARN"]
     rds = client.create_secret(Name="rds", SecretString='{"username": "u", "password": "p@ss"}')["ARN"]
@@ -137,6 +190,23 @@ def test_db_password_read_from_secrets_manager() -> None:
     env["PAYFN_DB_PASSWORD_SECRET_ARN"] = plain.replace("plain", "missing")
     with pytest.raises(ConfigError, match="cannot read the database password"):
         load_settings(env)
+
+
+@mock_aws
+def test_db_password_is_cached_per_endpoint_and_region() -> None:
+    """Powertools keeps the password for SECRET_MAX_AGE_SECONDS; the client is payfn's endpoint's."""
+    secrets_provider.cache_clear()
+    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    arn = client.create_secret(Name="rotating", SecretString="first")["ARN"]
+    env = {"PAYFN_AWS_ENDPOINT_URL": "", "PAYFN_DB_PASSWORD_SECRET_ARN": arn,
+           "PAYFN_ENV_FILE": "/nonexistent", "PAYFN_CREDENTIALS_FILE": "/nonexistent"}
+    assert load_settings(env).db_password == "first"
+    client.put_secret_value(SecretId=arn, SecretString="second")
+    assert load_settings(env).db_password == "first", "read again only after SECRET_MAX_AGE_SECONDS"
+    provider = secrets_provider("", "eu-west-1")
+    assert provider.client.meta.region_name == "eu-west-1", "the region comes from the secret's ARN"
+    assert secrets_provider("http://127.0.0.1:5999", "us-east-1").client.meta.endpoint_url == \
+        "http://127.0.0.1:5999"
 
 
 def test_no_secret_no_aws_call() -> None:

@@ -10,7 +10,8 @@ platform, so an address is defined exactly once.
 
 Deployed, the database passwords need not travel as plain parameters: when
 ``PAYFN_DB_PASSWORD_SECRET_ARN`` (or ``PAYFN_DB_READONLY_PASSWORD_SECRET_ARN``) is
-set, ``load_settings()`` reads the password from AWS Secrets Manager instead.
+set, ``load_settings()`` reads the password from AWS Secrets Manager instead
+(through Powertools' ``parameters`` utility, which caches it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
 PREFIX = "PAYFN_"
 
@@ -232,36 +236,51 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                 for name, arn in wanted.items()})
 
 
-@lru_cache(maxsize=8)
-def read_secret_password(arn: str, endpoint_url: str, default_region: str) -> str:
-    """The password stored in a Secrets Manager secret, read once per process.
+#: How long a warm function reuses a password read from Secrets Manager before reading it again.
+SECRET_MAX_AGE_SECONDS = 300
 
-    Once per process because every invocation calls ``load_settings()`` and a
-    Secrets Manager call per request would cost latency and money; a rotated
-    password reaches a function with its next execution environment. The secret
-    is a plain string or a JSON object with ``password`` (the shape RDS-managed
-    secrets have). boto3 is imported here, not at the top, because the Lambda
-    runtime provides it and only deployed functions with a secret need it.
+
+@lru_cache(maxsize=8)
+def secrets_provider(endpoint_url: str, region: str) -> SecretsProvider:
+    """The Powertools Secrets Manager provider (and its cache) of one endpoint and region.
+
+    Powertools' module-level ``get_secret`` builds its client from the process's AWS
+    variables only, while payfn's endpoint is ``PAYFN_AWS_ENDPOINT_URL`` and the region
+    that of the secret's ARN: hence a provider per (endpoint, region) with its own client.
     """
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    client = boto3.client("secretsmanager", endpoint_url=endpoint_url or None, region_name=region)
+    return SecretsProvider(boto3_client=client)
+
+
+def read_secret_password(arn: str, endpoint_url: str, default_region: str) -> str:
+    """The password stored in a Secrets Manager secret, cached for :data:`SECRET_MAX_AGE_SECONDS`.
+
+    Cached because every invocation calls ``load_settings()`` and a Secrets Manager
+    call per request would cost latency and money; a rotated password reaches a warm
+    function within the cache's age. The secret is a plain string or a JSON object
+    with ``password`` (the shape RDS-managed secrets have), so it is read untransformed
+    and parsed here. boto3 and Powertools are imported lazily: only deployed
+    functions with a secret need them (the Lambda runtime and the layer provide them).
+    """
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
     parts = arn.split(":")
     region = parts[3] if len(parts) > 3 and parts[3] else default_region
-    client = boto3.client("secretsmanager", endpoint_url=endpoint_url or None, region_name=region)
     try:
-        value = client.get_secret_value(SecretId=arn)
-    except (BotoCoreError, ClientError) as exc:
+        text = secrets_provider(endpoint_url, region).get(arn, max_age=SECRET_MAX_AGE_SECONDS)
+    except GetParameterError as exc:
         raise ConfigError(f"cannot read the database password from secret {arn}: {exc}") from None
-    text = value.get("SecretString")
-    if text is None:
+    if not isinstance(text, str):
         raise ConfigError(f"secret {arn} has no SecretString (binary secrets are not passwords)")
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
-        return str(text)
+        return text
     if isinstance(document, dict):
         if "password" not in document:
             raise ConfigError(f"secret {arn} is a JSON object without a \"password\" key")
         return str(document["password"])
-    return str(text)
+    return text
