@@ -46,11 +46,14 @@ T = TypeVar("T")
 
 
 class _Permit(NamedTuple):
+    """A granted permission: the store that granted it, and the epoch and state it was granted in."""
+
     store: BreakerStore
     epoch: int
     state: str
 
 
+#: An excluded exception type, or a predicate saying whether an exception is excluded.
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
 
 
@@ -88,13 +91,16 @@ class RedisCircuitBreaker:
 
     @property
     def listeners(self) -> tuple[pybreaker.CircuitBreakerListener, ...]:
+        """The listeners, in the order they are called."""
         return tuple(self._listeners)
 
     def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """Call ``listener`` on every later event."""
         with self._lock:
             self._listeners.append(listener)
 
     def remove_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """Stop calling ``listener``."""
         with self._lock:
             self._listeners.remove(listener)
 
@@ -166,11 +172,13 @@ class RedisCircuitBreaker:
     # -- internals -----------------------------------------------------------------------------
 
     def _admin(self, target: str) -> None:
+        """Run an admin transition to ``target`` and observe its answer."""
         now = self._clock()
         store, answer = self._run(now, lambda s: s.transition(int(now * 1000), target))
         self._observe(store, answer, now)
 
     def _in_fallback(self, now: float) -> bool:
+        """Whether Redis failed less than ``redis_retry_seconds`` ago."""
         return self._retry_primary_at is not None and now < self._retry_primary_at
 
     def _run(self, now: float, operation: Callable[[BreakerStore], T]) -> tuple[BreakerStore, T]:
@@ -188,6 +196,7 @@ class RedisCircuitBreaker:
         return self._fallback, operation(self._fallback)
 
     def _enter_fallback(self, now: float, exc: Exception) -> None:
+        """Switch to the local store until the next Redis retry, and drop the state cache."""
         if self._retry_primary_at is None:
             logger.error("circuit breaker %s: Redis failed (%s); using the local in-process breaker",
                          self.name, exc)
@@ -195,6 +204,7 @@ class RedisCircuitBreaker:
         self._cached = None
 
     def _acquire(self) -> _Permit:
+        """Permission from the CLOSED/DISABLED cache, else from a store; raise when not permitted."""
         now = self._clock()
         cached = self._cached
         if (cached is not None and cached.state in (CLOSED, DISABLED)
