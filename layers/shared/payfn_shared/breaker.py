@@ -73,7 +73,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import pybreaker
 import redis
@@ -114,6 +114,8 @@ class BreakerConfig:
     permissions without asking Redis; ``redis_retry_seconds`` is how often a
     breaker running on its local fallback tries Redis again.
     """
+
+    ENV_PREFIX: ClassVar[str] = CONFIG_PREFIX
 
     sliding_window_size: int = 100
     minimum_number_of_calls: int = 5
@@ -162,7 +164,7 @@ class BreakerConfig:
 
 def load_breaker_config() -> BreakerConfig:
     """The breaker settings from ``PAYFN_BREAKER_*`` (CI shortens the durations)."""
-    config: BreakerConfig = load_dataclass(BreakerConfig, prefix=CONFIG_PREFIX)
+    config: BreakerConfig = load_dataclass(BreakerConfig)
     return config
 
 
