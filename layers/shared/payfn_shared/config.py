@@ -59,15 +59,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def merged_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Defaults < .env < credentials file < process environment."""
+    """Defaults < .env < credentials file < process environment (an empty file name: the default)."""
     env = dict(os.environ if environ is None else environ)
     merged: dict[str, str] = {}
     merged.update(read_env_file(Path(env.get("PAYFN_ENV_FILE", ".env"))))
     stack_dir = env.get("PAYFN_STACK_DIR", merged.get("PAYFN_STACK_DIR", ".stack"))
-    credentials = env.get(
-        "PAYFN_CREDENTIALS_FILE",
-        merged.get("PAYFN_CREDENTIALS_FILE", str(Path(stack_dir) / "credentials.env")),
-    )
+    credentials = (env.get("PAYFN_CREDENTIALS_FILE") or merged.get("PAYFN_CREDENTIALS_FILE")
+                   or str(Path(stack_dir) / "credentials.env"))
     merged.update(read_env_file(Path(credentials)))
     merged.update(env)
     return merged
