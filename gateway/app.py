@@ -25,7 +25,13 @@ from gateway.config import GatewayConfig
 from gateway.events import ProxyResultError, build_event, clean_headers, map_result, new_request_id
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.routing import ApiMap, ApiRoute, Failure, GatewayRoute, MethodNotAllowed
-from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamError, UpstreamPools, UpstreamTimeout
+from gateway.upstream import (
+    ConnectFailed,
+    UpstreamConnectionLost,
+    UpstreamError,
+    UpstreamPools,
+    UpstreamTimeout,
+)
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 from infra.net.server import HttpServer, Limits, Refusal, Request, Response, load_limits
 from infra.template import load_template
@@ -228,7 +234,7 @@ class Gateway:
                 if failure.refused:
                     self.directory.suspend(target, "refused the connection")
                 kind, error = Failure.CONNECT, failure
-            except ConnectionLost as lost:
+            except UpstreamConnectionLost as lost:
                 self.directory.suspend(target, "dropped a connection it had a request on")
                 if lost.answer_started:
                     log.warning("request %s to %s failed during the answer: %s", request_id,

@@ -13,16 +13,13 @@ from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+from infra.net.http_metrics import http_server_requests, outcome_of
+
+#: Buckets of the per-route timer (the server timer has ``infra.net.http_metrics``'s).
+ROUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _NAMES = {status.value: status.name for status in HTTPStatus}
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def outcome(status: int) -> str:
-    """Micrometer's ``outcome`` tag of ``http.server.requests``."""
-    return {1: "INFORMATIONAL", 2: "SUCCESS", 3: "REDIRECTION", 4: "CLIENT_ERROR"}.get(
-        status // 100, "SERVER_ERROR")
 
 
 def series(status: int) -> str:
@@ -40,12 +37,9 @@ class GatewayMetrics:
         self._route = Histogram(
             "spring_cloud_gateway_requests_seconds", "Requests routed by the gateway",
             ["routeId", "routeUri", "outcome", "status", "httpStatusCodeName", "httpMethod"],
-            registry=self.registry, buckets=BUCKETS,
+            registry=self.registry, buckets=ROUTE_BUCKETS,
         )
-        self._server = Histogram(
-            "http_server_requests_seconds", "HTTP requests served",
-            ["application", "uri", "method", "status", "outcome"], registry=self.registry, buckets=BUCKETS,
-        )
+        self._server = http_server_requests(self.registry)
         self._total = Counter("gateway_requests", "Requests by route and status",
                               ["routeId", "status"], registry=self.registry)
         self.retries = Counter("gateway_upstream_retries", "Requests re-sent (route Retry policy) after "
@@ -62,7 +56,7 @@ class GatewayMetrics:
         if children is None:
             code = str(status)
             name = _NAMES.get(status, "UNKNOWN")
-            result = outcome(status)
+            result = outcome_of(status)
             children = (
                 self._route.labels(route_id, route_uri, series(status), code, name, method)
                 if route_id else None,

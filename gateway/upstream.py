@@ -6,7 +6,7 @@ connections reused (a new TCP connection per request would cost more than the
 function), httptools to parse responses, and a timer handle instead of
 ``asyncio.wait_for`` for the deadline. It tells apart the failures the gateway
 must treat differently: :class:`ConnectFailed` (the request never left, so another
-instance may always be tried), :class:`ConnectionLost` (the instance went away under
+instance may always be tried), :class:`UpstreamConnectionLost` (the instance went away under
 the request: before any byte of an answer the function may have run, so only a route
 whose operation is idempotent may re-send it; after, it did run) and any other
 :class:`UpstreamError` (malformed answer, deadline passed: never re-sent).
@@ -40,7 +40,7 @@ class ConnectFailed(UpstreamError):
         self.refused = refused
 
 
-class ConnectionLost(UpstreamError):
+class UpstreamConnectionLost(UpstreamError):
     """The connection ended (reset, EOF) after the request was written, before the answer was complete.
 
     What a SIGKILLed instance does to the requests it was running. With
@@ -89,7 +89,8 @@ class _Connection(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             when = "during the answer" if self.received else "before any answer"
             self.waiter.set_exception(
-                ConnectionLost(f"connection to {self.pool.address} lost {when}: {exc}", self.received))
+                UpstreamConnectionLost(f"connection to {self.pool.address} lost {when}: {exc}",
+                                       self.received))
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -136,7 +137,8 @@ class _Connection(asyncio.Protocol):
         self.received = False
         transport = self.transport
         if transport is None or self.closed:
-            raise ConnectionLost(f"connection to {self.pool.address} already closed", answer_started=False)
+            raise UpstreamConnectionLost(f"connection to {self.pool.address} already closed",
+                                         answer_started=False)
         transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             transport.write(body)

@@ -30,7 +30,6 @@ import calendar
 import json
 import logging
 import re
-import signal
 import sys
 import threading
 import time
@@ -38,20 +37,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
-import prometheus_client
-from payfn_shared.config import load_settings, merged_environment
+from payfn_shared.config import ConfigError, Settings, merged_environment
 from payfn_shared.numbers import parse_decimal
-from payfn_shared.registry import RegistryClient, RegistryLease
+from payfn_shared.registry import RegistryClient
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.net.invoke import InvokeUnavailable, ServiceInvoker
 from infra.runtime.functions import ACCOUNT_ID, REGION, template_parameters
-from infra.serving import StatusServer, add_serving_arguments, announce, instance_for
-from infra.template import TEMPLATE_PATH, Template, TemplateError, load_template
+from infra.serving import BackgroundWork, background_main, background_parser
+from infra.template import Template, TemplateError, load_template
 
 log = logging.getLogger("payfn.scheduler")
 
@@ -345,33 +341,12 @@ class Scheduler:
                                           for rule in self.rules}}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m infra.scheduler", description="Run the template's "
-                                     "Schedule events against the function hosts.")
-    parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
-    parser.add_argument("--functions", default="",
-                        help="only the rules of these logical ids (comma-separated)")
-    add_serving_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prometheus_client.disable_created_metrics()
-    settings = load_settings()
-    try:
-        template = load_template(args.template.resolve(), template_parameters(settings))
-        rules = rules_from_template(template)
-    except (TemplateError, ScheduleError) as exc:
-        log.error("%s", exc)
-        return 2
-    wanted = {name.strip() for name in args.functions.split(",") if name.strip()}
-    if wanted:
-        rules = [rule for rule in rules if rule.function in wanted]
-    registry = RegistryClient(args.registry_url or settings.registry_url,
-                              credentials=settings.registry_credentials)
+def build_scheduler(args: argparse.Namespace, settings: Settings, registry: RegistryClient) -> BackgroundWork:
+    """The scheduler of the template's rules (only those of ``--functions`` when given)."""
+    template = load_template(args.template.resolve(), template_parameters(settings))
+    rules = rules_from_template(template)
+    if args.functions:
+        rules = [rule for rule in rules if rule.function in args.functions]
     invokers: dict[str, ServiceInvoker] = {}
 
     def invoker_for(service: str) -> ServiceInvoker:
@@ -379,30 +354,20 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = SchedulerMetrics()
     scheduler = Scheduler(rules, invoker_for, metrics)
-    server = StatusServer(args.host, args.port, metrics.registry, scheduler.health)
-    server.start()
-    announce(args.host, server.port, args.port_file)
-    lease = None
-    if not args.no_register:
-        lease = RegistryLease(registry, instance_for(APP_NAME, args.host, server.port, "scheduler", {}))
-        lease.start()
-    for rule in scheduler.rules:
-        log.info("rule %s → %s (%s) every %s", rule.name, rule.function, rule.service, rule.expression)
-    stopped = threading.Event()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stopped.set()
+    def start() -> None:
+        for rule in scheduler.rules:
+            log.info("rule %s → %s (%s) every %s", rule.name, rule.function, rule.service, rule.expression)
+        scheduler.start()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    scheduler.start()
-    stopped.wait()
-    log.info("stopping")
-    scheduler.stop()
-    if lease is not None:
-        lease.stop()
-    server.stop()
-    return 0
+    return BackgroundWork(metrics.registry, scheduler.health, start, scheduler.stop, "scheduler")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = background_parser("python -m infra.scheduler",
+                               "Run the template's Schedule events against the function hosts.")
+    return background_main(parser, APP_NAME, build_scheduler, argv,
+                           startup_errors=(ConfigError, TemplateError, ScheduleError))
 
 
 if __name__ == "__main__":

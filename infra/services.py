@@ -53,7 +53,7 @@ class RegistryService(Component):
         return f"{self.settings.registry_url}/"
 
 
-class Gateway(Component):
+class GatewayService(Component):
     """The API Gateway emulation: the edge every client talks to."""
 
     name = "gateway"
@@ -123,7 +123,7 @@ class PortFileComponent(Component):
         return self._address() is not None and http_ok(f"http://{self.host}:{self.port}/health")
 
 
-class FunctionHost(PortFileComponent):
+class FunctionHostService(PortFileComponent):
     """One instance of a service: a Lambda runtime emulation host for its functions."""
 
     def __init__(self, settings: Settings, paths: StackPaths, template: Template, *, service: str,
@@ -144,7 +144,7 @@ class FunctionHost(PortFileComponent):
                 *self.listen_arguments()]
 
 
-class Scheduler(PortFileComponent):
+class SchedulerService(PortFileComponent):
     """Runs the template's ``Schedule`` events (the outbox relay) like EventBridge would."""
 
     name = "scheduler"
@@ -155,7 +155,7 @@ class Scheduler(PortFileComponent):
         return [sys.executable, "-m", "infra.scheduler", *self.listen_arguments()]
 
 
-class EventSourcePoller(PortFileComponent):
+class EventSourcePollerService(PortFileComponent):
     """Runs the template's Kafka event sources like Lambda's event-source mapping would."""
 
     name = "eventsource"
@@ -218,6 +218,6 @@ def stack_components(template: Template, scale: Mapping[str, int]) -> list[Compo
     factories: list[ComponentFactory] = [*INFRASTRUCTURE, RegistryService]
     for service in template_services(template):
         for index in range(1, scale.get(service, 1) + 1):
-            factories.append(partial(FunctionHost, service=service, index=index))
-    factories += [Scheduler, EventSourcePoller, Gateway]
+            factories.append(partial(FunctionHostService, service=service, index=index))
+    factories += [SchedulerService, EventSourcePollerService, GatewayService]
     return factories

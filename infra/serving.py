@@ -4,7 +4,8 @@ They are not function hosts but must be seen like them: a ``/metrics`` endpoint
 Prometheus scrapes and a ``/health`` endpoint a supervisor polls, and a registry
 lease (Eureka stand-in) so Prometheus' ``eureka_sd_configs`` finds them. Both run
 in daemon threads so the process's own work loop stays plain blocking code (the
-lease is the shared ``payfn_shared.registry.RegistryLease``).
+lease is the shared ``payfn_shared.registry.RegistryLease``). ``background_main`` is
+their whole main; each process only builds its work.
 
 The asyncio servers (gateway, function hosts) share the end of their main instead:
 ``serve_until_signal``.
@@ -19,15 +20,22 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from payfn_shared.registry import InstanceInfo, RegistryLease
+import prometheus_client
+from payfn_shared.config import ConfigError, Settings, load_settings
+from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryLease
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from infra.net.server import HttpServer, Request, Response, ThreadedServer, blocking, load_limits
+from infra.template import TEMPLATE_PATH, TemplateError
 
 log = logging.getLogger("payfn.serving")
 JSON = ("Content-Type", "application/json")
@@ -42,6 +50,21 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-file", type=Path, help="write host:port here once listening")
     parser.add_argument("--registry-url", help="registry base URL (default: from settings)")
     parser.add_argument("--no-register", action="store_true", help="do not register with the registry")
+
+
+def function_ids(value: str) -> frozenset[str]:
+    """``--functions A,B``: the logical ids named (empty: all of them)."""
+    return frozenset(name.strip() for name in value.split(",") if name.strip())
+
+
+def background_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options of a background process that runs part of the template (and serves its status)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
+    parser.add_argument("--functions", type=function_ids, default=frozenset(),
+                        help="only these logical ids (comma-separated)")
+    add_serving_arguments(parser)
+    return parser
 
 
 class StatusServer:
@@ -78,6 +101,72 @@ class StatusServer:
     def stop(self) -> None:
         self._server.stop()
         self._executor.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class BackgroundWork:
+    """What a background process runs: started once serving, stopped on SIGTERM/SIGINT.
+
+    ``metrics`` and ``health`` feed the status endpoint; ``instance_name`` and
+    ``metadata`` go into the registry lease (see :func:`instance_for`).
+    """
+
+    metrics: CollectorRegistry
+    health: Callable[[], dict[str, Any]]
+    start: Callable[[], None]
+    stop: Callable[[], None]
+    instance_name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+#: Builds the work from the parsed arguments, the settings and the registry client.
+WorkBuilder = Callable[[argparse.Namespace, Settings, RegistryClient], BackgroundWork]
+
+
+def background_main(parser: argparse.ArgumentParser, app: str, build: WorkBuilder,
+                    argv: list[str] | None = None,
+                    startup_errors: tuple[type[Exception], ...] = (ConfigError, TemplateError)) -> int:
+    """Parse, log to stderr, build the work, serve its status, register as ``app``, run until a signal.
+
+    Exit codes: 0 after a clean stop, 2 when ``build`` raised one of ``startup_errors``
+    (a bad template or setting; logged). On a signal the work stops first, then the
+    lease is cancelled, then the status endpoint closes.
+    """
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prometheus_client.disable_created_metrics()
+    settings = load_settings()
+    registry = RegistryClient(args.registry_url or settings.registry_url,
+                              credentials=settings.registry_credentials)
+    try:
+        work = build(args, settings, registry)
+    except startup_errors as exc:
+        log.error("%s", exc)
+        return 2
+    server = StatusServer(args.host, args.port, work.metrics, work.health)
+    server.start()
+    announce(args.host, server.port, args.port_file)
+    lease = None
+    if not args.no_register:
+        lease = RegistryLease(registry, instance_for(app, args.host, server.port, work.instance_name,
+                                                     work.metadata))
+        lease.start()
+    stopped = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    work.start()
+    stopped.wait()
+    log.info("stopping")
+    work.stop()
+    if lease is not None:
+        lease.stop()
+    server.stop()
+    return 0
 
 
 def announce(host: str, port: int, port_file: Path | None) -> None:

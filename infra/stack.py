@@ -13,7 +13,6 @@ run started is stopped again: nothing is left half-started.
 from __future__ import annotations
 
 import fcntl
-import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,7 +56,7 @@ def ensure_credentials(settings: Settings) -> Settings:
     secret is in the repository: a value given in the environment or .env wins;
     otherwise the stack makes one on first start and reuses it.
     """
-    path = Path(os.environ.get("PAYFN_CREDENTIALS_FILE", stack_paths(settings).root / "credentials.env"))
+    path = Path(settings.credentials_file or stack_paths(settings).root / "credentials.env")
     stored = read_env_file(path)
     given = {"PAYFN_DB_PASSWORD": settings.db_password,
              "PAYFN_DB_READONLY_PASSWORD": settings.db_readonly_password,

@@ -52,6 +52,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from payfn_shared.backoff import Backoff
 from payfn_shared.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
 from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
 
@@ -89,6 +90,9 @@ OUTAGE_REQUEST_SECONDS = 3.0
 PROGRESS_SECONDS = 10.0
 EVENT_TYPES = (EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED)
 JITTER = random.SystemRandom()
+#: Exponential backoff with full jitter (as the AWS SDKs retry throttles): retries of
+#: many clients must not arrive together and keep the function saturated.
+CLIENT_BACKOFF = Backoff(initial=0.4, maximum=4.0, jitter=(0.0, 1.0))
 
 
 #: The message of API Gateway's answer to a Lambda throttle (the function never ran).
@@ -238,9 +242,7 @@ class FlowLoad:
             retryable = answer.status in RETRYABLE or answer.status == CONNECTION_ERROR
             if not retryable or time.monotonic() >= deadline:
                 return answer, attempts
-            # Exponential backoff with full jitter (as the AWS SDKs retry throttles): retries
-            # of many clients must not arrive together and keep the function saturated.
-            time.sleep(JITTER.uniform(0, min(4.0, 0.2 * 2 ** attempts)))
+            time.sleep(CLIENT_BACKOFF.delay(attempts, JITTER))
 
     def _look_up(self, merchant: str, payment_id: str, deadline: float) -> Answer:
         """The payment as the API has it: the truth after a transition whose outcome was unknown."""

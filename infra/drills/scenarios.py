@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from payfn_shared.breaker import CONFIG_PREFIX, BreakerConfig, RedisCircuitBreaker
+from payfn_shared.breaker import BreakerConfig, RedisCircuitBreaker
 from payfn_shared.config import load_dataclass
 from payfn_shared.publisher import BREAKER_NAME
 
@@ -28,7 +28,7 @@ from infra.drills.consistency import check_consistency, connect, expand_in, in_l
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import POLLER_APP, SCHEDULER_APP, DrillTarget
 from infra.process import pid_alive, port_open
-from infra.runtime.functions import load_definitions, template_parameters
+from infra.runtime.functions import load_definitions, parameter_overrides, template_parameters
 from infra.template import TEMPLATE_PATH, load_template
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class Drill:
 
     def parameter(self, name: str) -> float:
         """A template parameter as the function hosts see it (``PAYFN_PARAMETER_<Name>`` or default)."""
-        value = os.environ.get(f"PAYFN_PARAMETER_{name}") or self.target.supervisor.template.parameters[name]
+        value = parameter_overrides().get(name) or self.target.supervisor.template.parameters[name]
         return float(value)
 
 
@@ -90,7 +90,7 @@ def ingest_breaker_config(target: DrillTarget) -> BreakerConfig:
     """The kafka-publisher breaker's settings as the ingest functions see them (their environment)."""
     template = load_template(TEMPLATE_PATH, template_parameters(target.settings))
     definition = load_definitions(template, TEMPLATE_PATH.parent, names=[AUTHORIZE_FUNCTION])[0]
-    config: BreakerConfig = load_dataclass(BreakerConfig, env=definition.variables, prefix=CONFIG_PREFIX)
+    config: BreakerConfig = load_dataclass(BreakerConfig, env=definition.variables)
     return config
 
 

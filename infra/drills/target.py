@@ -33,7 +33,7 @@ from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
 
 from infra.components import INFRASTRUCTURE, Component
 from infra.process import ManagedProcess, free_port, pid_alive
-from infra.services import FunctionHost
+from infra.services import FunctionHostService
 from infra.stack import Supervisor
 from infra.template import REPO_ROOT
 
@@ -83,9 +83,9 @@ class DrillTarget:
         statuses = Supervisor(settings=self.settings, template=self.supervisor.template).up()
         return [s.name for s in statuses if s.state == "started"]
 
-    def hosts(self, service: str) -> list[FunctionHost]:
+    def hosts(self, service: str) -> list[FunctionHostService]:
         return [c for c in self.supervisor.components
-                if isinstance(c, FunctionHost) and c.service == service]
+                if isinstance(c, FunctionHostService) and c.service == service]
 
     def instances(self, app: str) -> list[InstanceInfo]:
         try:

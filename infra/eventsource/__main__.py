@@ -21,63 +21,36 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import prometheus_client
 from kafka import KafkaProducer
-from payfn_shared.config import ConfigError, load_dataclass, load_settings
-from payfn_shared.registry import RegistryClient, RegistryLease
+from payfn_shared.config import Settings, load_dataclass
+from payfn_shared.registry import RegistryClient
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
 from infra.net.invoke import ServiceInvoker
 from infra.runtime.functions import template_parameters
-from infra.serving import StatusServer, add_serving_arguments, announce, instance_for
-from infra.template import TEMPLATE_PATH, TemplateError, load_template
+from infra.serving import BackgroundWork, background_main, background_parser
+from infra.template import load_template
 
 log = logging.getLogger("payfn.eventsource")
 
 APP_NAME = "EVENT-SOURCE-POLLER"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m infra.eventsource",
-                                     description="Run the template's Kafka event sources locally.")
-    parser.add_argument("--instance", default="1",
-                        help="stable name of this poller (static group membership); unique per poller")
-    parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
-    parser.add_argument("--functions", default="", help="only these logical ids (comma-separated)")
-    add_serving_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prometheus_client.disable_created_metrics()
+def build_pollers(args: argparse.Namespace, settings: Settings, registry: RegistryClient) -> BackgroundWork:
+    """One poller per enabled Kafka event source (only those of ``--functions`` when given)."""
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # kafka-python warns whenever its network thread was starved of CPU for 0.1 s: noise
     # on a small, busy machine, and nothing the poller could act on.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
-    settings = load_settings()
-    try:
-        config: PollerConfig = load_dataclass(PollerConfig)
-        template = load_template(args.template.resolve(), template_parameters(settings))
-        sources = [s for s in kafka_sources(template, settings.kafka_bootstrap) if s.enabled]
-    except (TemplateError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 2
-    wanted = {name.strip() for name in args.functions.split(",") if name.strip()}
-    if wanted:
-        sources = [s for s in sources if s.function in wanted]
-    registry = RegistryClient(args.registry_url or settings.registry_url,
-                              credentials=settings.registry_credentials)
+    config: PollerConfig = load_dataclass(PollerConfig)
+    template = load_template(args.template.resolve(), template_parameters(settings))
+    sources = [s for s in kafka_sources(template, settings.kafka_bootstrap) if s.enabled]
+    if args.functions:
+        sources = [s for s in sources if s.function in args.functions]
     invokers: dict[str, ServiceInvoker] = {}
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","),
                              client_id=f"payfn-poller-dlq-{args.instance}", acks="all",
@@ -95,34 +68,27 @@ def main(argv: list[str] | None = None) -> int:
                 "sources": {p.source.name: {"group": p.source.group_id, "topics": list(p.source.topics),
                                             "alive": p.alive, "batches": p.batches} for p in pollers}}
 
-    server = StatusServer(args.host, args.port, metrics.registry, health)
-    server.start()
-    announce(args.host, server.port, args.port_file)
-    lease = None
-    if not args.no_register:
-        lease = RegistryLease(registry, instance_for(APP_NAME, args.host, server.port, args.instance,
-                                                     {"pollerInstance": args.instance}))
-        lease.start()
-    for poller in pollers:
-        log.info("%s: %s → %s (group %s)", poller.source.name, ",".join(poller.source.topics),
-                 poller.source.function, poller.source.group_id)
-        poller.start()
-    stopped = threading.Event()
+    def start() -> None:
+        for poller in pollers:
+            log.info("%s: %s → %s (group %s)", poller.source.name, ",".join(poller.source.topics),
+                     poller.source.function, poller.source.group_id)
+            poller.start()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stopped.set()
+    def stop() -> None:
+        for poller in pollers:
+            poller.stop()
+        producer.close(timeout=5)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    stopped.wait()
-    log.info("stopping")
-    for poller in pollers:
-        poller.stop()
-    producer.close(timeout=5)
-    if lease is not None:
-        lease.stop()
-    server.stop()
-    return 0
+    return BackgroundWork(metrics.registry, health, start, stop, args.instance,
+                          {"pollerInstance": args.instance})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = background_parser("python -m infra.eventsource",
+                               "Run the template's Kafka event sources locally.")
+    parser.add_argument("--instance", default="1",
+                        help="stable name of this poller (static group membership); unique per poller")
+    return background_main(parser, APP_NAME, build_pollers, argv)
 
 
 if __name__ == "__main__":

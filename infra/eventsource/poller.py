@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import socket
 import threading
 import time
@@ -46,6 +45,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import MemberState, OffsetAndMetadata
+from payfn_shared.backoff import Backoff
 from payfn_shared.config import ConfigError
 from payfn_shared.events import iso_millis
 from payfn_shared.topics import PAYMENT_DLQ
@@ -253,6 +253,8 @@ class KafkaPoller:
         self._thread = threading.Thread(target=self._run, name=f"poller-{source.name}", daemon=True)
         self._consumer: KafkaConsumer | None = None
         self._lag_partitions: set[TopicPartition] = set()
+        self._retry_backoff = Backoff(initial=config.eventsource_backoff_initial_ms / 1000,
+                                      maximum=config.eventsource_backoff_max_ms / 1000)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -426,9 +428,7 @@ class KafkaPoller:
     # -- delivery ------------------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> None:
-        base = self.config.eventsource_backoff_initial_ms * (2 ** max(attempt - 1, 0))
-        delay = min(base, self.config.eventsource_backoff_max_ms) / 1000.0
-        self._sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not security
+        self._sleep(self._retry_backoff.delay(attempt))
 
     def _invoke(self, records: Sequence[KafkaRecord]) -> Attempt:
         """One invocation; waits (without limit) while no instance can take it."""

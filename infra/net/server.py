@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from typing import ClassVar
 
 import httptools
 import orjson
@@ -46,6 +47,8 @@ class Limits:
     ``idle_timeout`` 0 keeps an idle keep-alive connection open for ever.
     """
 
+    ENV_PREFIX: ClassVar[str] = "PAYFN_HTTP_"
+
     max_body_bytes: int = 1024 * 1024
     max_head_bytes: int = 16 * 1024
     max_line_bytes: int = 8 * 1024
@@ -65,7 +68,7 @@ class Limits:
 
 def load_limits(max_body_bytes: int) -> Limits:
     """The stack's one HTTP policy (``PAYFN_HTTP_*``) with a server's own body limit."""
-    limits: Limits = load_dataclass(Limits, prefix="PAYFN_HTTP_")
+    limits: Limits = load_dataclass(Limits)
     return replace(limits, max_body_bytes=max_body_bytes)
 
 

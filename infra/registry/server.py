@@ -22,10 +22,11 @@ from urllib.parse import parse_qsl, unquote
 from botocore.exceptions import BotoCoreError, ClientError
 from payfn_shared import safejson
 from payfn_shared.config import ConfigError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from infra.net.http_metrics import http_server_requests, outcome_of
 from infra.net.server import HttpServer, Limits, Request, Response, ThreadedServer, blocking, load_limits
 from infra.registry import eureka
 from infra.registry.accounts import RegistryAccounts
@@ -90,10 +91,7 @@ class RegistryMetrics:
             ["operation", "outcome"], registry=self.registry,
         )
         self.evictions = Counter("registry_evictions", "Leases evicted by the sweep", registry=self.registry)
-        self.requests = Histogram(
-            "http_server_requests_seconds", "HTTP requests served",
-            ["application", "uri", "method", "status"], registry=self.registry,
-        )
+        self.requests = http_server_requests(self.registry)
 
 
 #: Register bodies are a few KiB (metadata is bounded at 16 KiB by ``eureka``).
@@ -178,8 +176,8 @@ class RegistryServer:
         except (BotoCoreError, ClientError) as exc:
             log.warning("DynamoDB call failed: %s", exc)
             response = call.reply(503, "registry table unavailable")
-        self.metrics.requests.labels("registry", route, request.method, str(response.status)).observe(
-            time.perf_counter() - start)
+        self.metrics.requests.labels("registry", route, request.method, str(response.status),
+                                     outcome_of(response.status)).observe(time.perf_counter() - start)
         return response
 
 

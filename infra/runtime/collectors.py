@@ -78,7 +78,7 @@ class BreakerSource:
         self.name = f"circuitbreaker:{breaker_name}"
         self.breaker_name = breaker_name
         settings = load_settings(variables)
-        config = load_dataclass(breaker.BreakerConfig, variables, prefix=breaker.CONFIG_PREFIX)
+        config = load_dataclass(breaker.BreakerConfig, variables)
         client = create_redis(settings.redis_url, RedisClientConfig(
             connect_timeout_seconds=SCRAPE_TIMEOUT_SECONDS, socket_timeout_seconds=SCRAPE_TIMEOUT_SECONDS,
             retries=1, max_connections=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ class HostConfig:
     - ``runtime_prewarm``: environments started per function when the host starts, so
       the first requests find them warm (Lambda's provisioned concurrency, in spirit).
     - ``registry_renew_seconds``: the registry lease renewal interval (Eureka's 30 s).
+    - ``runtime_log_level``: the host's logging level (a ``logging`` level name).
     """
 
     runtime_max_environments: int = field(default_factory=default_max_environments)
@@ -61,6 +63,7 @@ class HostConfig:
     runtime_max_initialising: int = 2
     runtime_prewarm: int = 0
     registry_renew_seconds: float = 30.0
+    runtime_log_level: str = "INFO"
 
     def validate(self) -> None:
         if self.runtime_max_environments < 1:
@@ -75,3 +78,5 @@ class HostConfig:
                      "registry_renew_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"PAYFN_{name.upper()} must be positive")
+        if not isinstance(logging.getLevelName(self.runtime_log_level), int):
+            raise ConfigError(f"PAYFN_RUNTIME_LOG_LEVEL={self.runtime_log_level!r} is not a logging level")

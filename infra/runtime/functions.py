@@ -50,6 +50,13 @@ def parse_handler(handler: str) -> tuple[str, str]:
     return module.replace("/", "."), attribute
 
 
+def parameter_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Template parameters set with ``PAYFN_PARAMETER_<Name>``, by name (the one reader of them)."""
+    source = os.environ if environ is None else environ
+    return {key.removeprefix(PARAMETER_PREFIX): value
+            for key, value in source.items() if key.startswith(PARAMETER_PREFIX)}
+
+
 def template_parameters(settings: Settings) -> dict[str, str]:
     """Template parameter values that point the functions at the local stack.
 
@@ -59,10 +66,6 @@ def template_parameters(settings: Settings) -> dict[str, str]:
     ``PAYFN_PARAMETER_BreakerWaitDurationInOpenStateSeconds=2`` for a short drill),
     the local twin of ``sam deploy --parameter-overrides``.
     """
-    overrides = {
-        key.removeprefix(PARAMETER_PREFIX): value
-        for key, value in os.environ.items() if key.startswith(PARAMETER_PREFIX)
-    }
     return {
         "DbHost": settings.db_host,
         "DbPort": str(settings.db_port),
@@ -77,7 +80,7 @@ def template_parameters(settings: Settings) -> dict[str, str]:
         "RedisPort": str(settings.redis_port),
         "KafkaBootstrapServers": settings.kafka_bootstrap,
         "AwsEndpointUrl": settings.aws_endpoint_url,
-        **overrides,
+        **parameter_overrides(),
     }
 
 

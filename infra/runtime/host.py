@@ -86,7 +86,6 @@ import concurrent.futures
 import hmac
 import ipaddress
 import logging
-import os
 import shutil
 import socket
 import sys
@@ -116,7 +115,7 @@ from infra.runtime.functions import (
 from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_request_id
 from infra.runtime.logs import VERSION
 from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
-from infra.serving import serve_until_signal
+from infra.serving import announce, serve_until_signal
 from infra.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.runtime")
@@ -315,16 +314,8 @@ def advertised_host(bind: str) -> str:
     return "127.0.0.1" if unspecified else bind
 
 
-def write_port_file(path: Path, address: str) -> None:
-    """Write atomically: a reader polling the file never sees a half-written address."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(address + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, config: HostConfig) -> int:
     settings = load_settings()
-    config: HostConfig = load_dataclass(HostConfig)
     template_path = args.template.resolve()
     template = load_template(template_path, template_parameters(settings))
     names = [name.strip() for name in args.functions.split(",") if name.strip()]
@@ -351,12 +342,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
     api = InvokeApi(host, metrics, args.service, settings.invoke_token)
     server = HttpServer(api.handle, load_limits(MAX_SYNC_PAYLOAD), refuse)
     port = await server.start(args.host, args.port, backlog=2048)
-    address = f"{args.host}:{port}"
-    if args.port_file:
-        write_port_file(args.port_file, address)
-    sys.stdout.write(f"LISTENING {address}\n")
-    sys.stdout.flush()
-    log.info("serving %s on %s", ", ".join(host.functions), address)
+    announce(args.host, port, args.port_file)
+    log.info("serving %s on %s:%d", ", ".join(host.functions), args.host, port)
 
     lease = None
     if args.service and not args.no_register:
@@ -385,10 +372,12 @@ async def _serve(args: argparse.Namespace, settings: Settings, config: HostConfi
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     prometheus_client.disable_created_metrics()
-    logging.basicConfig(level=os.environ.get("PAYFN_RUNTIME_LOG_LEVEL", "INFO"), stream=sys.stderr,
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        code = uvloop.run(serve(args))
+        config: HostConfig = load_dataclass(HostConfig)
+        logging.getLogger().setLevel(config.runtime_log_level)
+        code = uvloop.run(serve(args, config))
     except (TemplateError, FunctionConfigError, ConfigError) as exc:
         log.error("%s", exc)
         code = 2

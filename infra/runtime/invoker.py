@@ -198,7 +198,7 @@ class FunctionHost:
             metrics.throttles.inc()
             raise Throttle(reserved=definition.reserved_concurrency is not None) from None
         except InitFailed as failure:
-            lines = logs.start_line(request_id) + logs.end_line(request_id) + logs.Report(
+            lines = logs.start_line(request_id) + logs.end_line(request_id) + logs.InvocationReport(
                 request_id, 0.0, definition.memory_size, 0, init_duration_ms=failure.init_ms, status="error",
                 error_type=failure.error_type).line()
             self.write(lines)
@@ -211,7 +211,7 @@ class FunctionHost:
                                            client_context, tail)
         duration = time.perf_counter() - started
         pool.release(environment, outcome.reusable)
-        report = logs.Report(
+        report = logs.InvocationReport(
             request_id, duration * 1000, definition.memory_size, -(-outcome.rss_kb // 1024),
             init_duration_ms=environment.init_ms if cold else None, status=outcome.status,
             error_type=outcome.error_type if outcome.status else None,

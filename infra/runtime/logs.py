@@ -35,7 +35,7 @@ def end_line(request_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class Report:
+class InvocationReport:
     """The measurements of one invocation, for its REPORT line."""
 
     request_id: str

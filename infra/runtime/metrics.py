@@ -35,14 +35,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from infra.net.http_metrics import http_server_requests, outcome_of
 from infra.process import pid_alive
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     300.0, 900.0)
-#: Request-latency buckets: fine where payment APIs live (1–250 ms) so a p95 read from
-#: ``histogram_quantile`` is within a bucket of the truth, coarse above.
-HTTP_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
-                0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNKNOWN = "UNKNOWN"
 MULTIPROCESS_DIR_PREFIX = "payfn-metrics-"
@@ -61,19 +58,6 @@ def new_multiprocess_dir(root: Path | None = None) -> Path:
             with contextlib.suppress(OSError):
                 shutil.rmtree(stale)
     return Path(tempfile.mkdtemp(prefix=f"{MULTIPROCESS_DIR_PREFIX}{os.getpid()}-", dir=base))
-
-
-def outcome_of(status: int) -> str:
-    """Micrometer's ``outcome`` tag for an HTTP status."""
-    if status < 200:
-        return "INFORMATIONAL"
-    if status < 300:
-        return "SUCCESS"
-    if status < 400:
-        return "REDIRECTION"
-    if status < 500:
-        return "CLIENT_ERROR"
-    return "SERVER_ERROR"
 
 
 class RuntimeMetrics:
@@ -106,12 +90,10 @@ class RuntimeMetrics:
                                 registry=self.registry)
         self.environments = Gauge("payfn_lambda_environments", "Execution environments alive (busy + idle)",
                                   labels, registry=self.registry)
-        self.http_requests = Histogram(
-            "http_server_requests_seconds",
+        self.http_requests = http_server_requests(
+            self.registry,
             "API-event invocations as the client sees them (Micrometer's server timer): template route, "
-            "method, the proxy result's status (502/504 for function errors/timeouts, 429 for throttles)",
-            ("application", "uri", "method", "status", "outcome"), buckets=HTTP_BUCKETS,
-            registry=self.registry)
+            "method, the proxy result's status (502/504 for function errors/timeouts, 429 for throttles)")
         if multiprocess_dir is not None:
             MultiProcessCollector(self.registry, path=str(multiprocess_dir))
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from gateway import upstream
-from gateway.upstream import ConnectFailed, ConnectionLost, UpstreamPool
+from gateway.upstream import ConnectFailed, UpstreamConnectionLost, UpstreamPool
 from infra.process import free_port
 
 
@@ -39,7 +39,7 @@ def test_connect_timeout_is_not_refused() -> None:
 def test_connection_lost_tells_whether_the_answer_had_started() -> None:
     """Before any answer byte the request may be re-sent (route policy); after, the function ran."""
 
-    async def lost(reply: bytes) -> ConnectionLost:
+    async def lost(reply: bytes) -> UpstreamConnectionLost:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(reply)
@@ -48,7 +48,7 @@ def test_connection_lost_tells_whether_the_answer_had_started() -> None:
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1])
-        with pytest.raises(ConnectionLost) as failure:
+        with pytest.raises(UpstreamConnectionLost) as failure:
             await pool.request("GET", "/x", timeout=5.0)
         pool.close()
         server.close()

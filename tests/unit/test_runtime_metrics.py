@@ -10,11 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from infra.net.http_metrics import outcome_of
 from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.functions import FunctionConfigError, FunctionDefinition
 from infra.runtime.host import api_route, client_status
 from infra.runtime.invoker import Invocation
-from infra.runtime.metrics import MULTIPROCESS_DIR_PREFIX, RuntimeMetrics, new_multiprocess_dir, outcome_of
+from infra.runtime.metrics import MULTIPROCESS_DIR_PREFIX, RuntimeMetrics, new_multiprocess_dir
 from infra.runtime.worker import proxy_status
 
 DEFINITION = FunctionDefinition(

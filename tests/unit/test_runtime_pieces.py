@@ -129,12 +129,13 @@ def test_log_stream_name_shape() -> None:
 def test_platform_log_lines() -> None:
     assert logs.start_line("r1") == "START RequestId: r1 Version: $LATEST\n"
     assert logs.end_line("r1") == "END RequestId: r1\n"
-    warm = logs.Report("r1", 12.341, 256, 40).line()
+    warm = logs.InvocationReport("r1", 12.341, 256, 40).line()
     assert warm == ("REPORT RequestId: r1\tDuration: 12.34 ms\tBilled Duration: 13 ms\tMemory Size: 256 MB\t"
                     "Max Memory Used: 40 MB\t\n")
-    cold = logs.Report("r2", 0.2, 128, 20, init_duration_ms=101.5).line()
+    cold = logs.InvocationReport("r2", 0.2, 128, 20, init_duration_ms=101.5).line()
     assert "\tBilled Duration: 1 ms\t" in cold and cold.endswith("\tInit Duration: 101.50 ms\t\n")
-    timeout = logs.Report("r3", 3000.5, 128, 20, status="timeout", error_type="Sandbox.Timedout").line()
+    timeout = logs.InvocationReport("r3", 3000.5, 128, 20, status="timeout",
+                                    error_type="Sandbox.Timedout").line()
     assert timeout.endswith("\tStatus: timeout\tError Type: Sandbox.Timedout\t\n")
 
 

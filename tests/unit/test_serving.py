@@ -1,17 +1,22 @@
-"""``infra.serving.serve_until_signal``: the shutdown tail of the gateway's and the hosts' mains."""
+"""``infra.serving``: the shutdown tail of the asyncio servers' mains and the background processes' main."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from payfn_shared.config import ConfigError, Settings
+from payfn_shared.registry import RegistryClient
+from prometheus_client import CollectorRegistry
 
-from infra.serving import serve_until_signal
+from infra.serving import BackgroundWork, background_main, background_parser, serve_until_signal
 
 
 class FakeLease:
@@ -49,3 +54,44 @@ def test_closes_without_lease() -> None:
     calls: list[str] = []
     asyncio.run(run_until(signal.SIGTERM, None, calls))
     assert calls == ["close"]
+
+
+@pytest.fixture
+def restored_signal_handlers() -> Iterator[None]:
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_background_main_runs_the_work_until_a_signal(restored_signal_handlers: None,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[str] = []
+    seen: list[frozenset[str]] = []
+
+    def build(args: argparse.Namespace, settings: Settings, registry: RegistryClient) -> BackgroundWork:
+        seen.append(args.functions)
+
+        def start() -> None:
+            calls.append("start")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        return BackgroundWork(CollectorRegistry(), lambda: {"status": "UP"}, start,
+                              lambda: calls.append("stop"), "test")
+
+    parser = background_parser("test", "a background process")
+    argv = ["--no-register", "--functions", " A, ,B"]
+    assert background_main(parser, "TEST", build, argv) == 0
+    assert calls == ["start", "stop"]
+    assert seen == [frozenset({"A", "B"})]
+    assert capsys.readouterr().out.startswith("LISTENING 127.0.0.1:")
+
+
+def test_background_main_exits_2_on_a_startup_error(restored_signal_handlers: None,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def build(args: argparse.Namespace, settings: Settings, registry: RegistryClient) -> BackgroundWork:
+        raise ConfigError("PAYFN_EXAMPLE=x is not a valid int")
+
+    parser = background_parser("test", "a background process")
+    assert background_main(parser, "TEST", build, ["--no-register"]) == 2
+    assert "PAYFN_EXAMPLE=x is not a valid int" in caplog.text

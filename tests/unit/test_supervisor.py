@@ -135,17 +135,17 @@ def test_background_component_and_what_it_starts_run_nicer(tmp_path: Path) -> No
 
 def test_only_services_without_api_routes_are_background(tmp_path: Path) -> None:
     from infra.components import StackPaths
-    from infra.services import EventSourcePoller, FunctionHost, Gateway, Scheduler
+    from infra.services import EventSourcePollerService, FunctionHostService, GatewayService, SchedulerService
 
     settings = replace(Settings(), stack_dir=str(tmp_path))
     paths, template = StackPaths(tmp_path), load_template()
-    assert FunctionHost(settings, paths, template, service="CONSUMER-WORKER", index=1).niceness == 10
-    assert FunctionHost(settings, paths, template, service="INGEST-SERVICE", index=1).niceness == 0
-    assert FunctionHost(settings, paths, template, service="MONITORING-SERVICE", index=1).niceness == 0
-    assert Scheduler(settings, paths, template).niceness == 10
-    assert EventSourcePoller(settings, paths, template).niceness == 10
-    assert Gateway(settings, paths, template).niceness == 0
-    assert Scheduler(replace(settings, background_nice=0), paths, template).niceness == 0
+    assert FunctionHostService(settings, paths, template, service="CONSUMER-WORKER", index=1).niceness == 10
+    assert FunctionHostService(settings, paths, template, service="INGEST-SERVICE", index=1).niceness == 0
+    assert FunctionHostService(settings, paths, template, service="MONITORING-SERVICE", index=1).niceness == 0
+    assert SchedulerService(settings, paths, template).niceness == 10
+    assert EventSourcePollerService(settings, paths, template).niceness == 10
+    assert GatewayService(settings, paths, template).niceness == 0
+    assert SchedulerService(replace(settings, background_nice=0), paths, template).niceness == 0
 
 
 @pytest.mark.parametrize("raw", ["-1", "20"])

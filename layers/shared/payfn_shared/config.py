@@ -1,17 +1,16 @@
 """Configuration from environment variables, with validated defaults.
 
-Every address payfn uses is an environment variable named ``PAYFN_<FIELD>``
-(e.g. ``PAYFN_DB_PORT``). Values are read, in increasing priority, from the
-defaults below, a ``.env`` file (``PAYFN_ENV_FILE``, default ``./.env``), the
-credentials file the local stack generates (``PAYFN_CREDENTIALS_FILE``, default
-``.stack/credentials.env``) and the process environment. The same loader serves
-Lambda handlers (where only the process environment exists) and the local
-platform, so an address is defined exactly once.
-
-Deployed, the database passwords need not travel as plain parameters: when
-``PAYFN_DB_PASSWORD_SECRET_ARN`` (or ``PAYFN_DB_READONLY_PASSWORD_SECRET_ARN``) is
-set, ``load_settings()`` reads the password from AWS Secrets Manager instead
-(through Powertools' ``parameters`` utility, which caches it).
+One convention: every knob is a field of a frozen dataclass read by ``load_dataclass``
+from ``<ENV_PREFIX><FIELD>`` (``ENV_PREFIX`` is ``PAYFN_`` unless the class declares
+its group's, e.g. ``PAYFN_BREAKER_``). Processes load their configs in ``main``;
+Lambda handlers at import (the init phase); a layer class takes its config as an
+argument and loads the default only when given none. ``Settings`` holds the
+addresses and credentials, so each is defined exactly once. Values come, in
+increasing priority, from the defaults, a ``.env`` file (``PAYFN_ENV_FILE``), the
+stack's credentials file (``PAYFN_CREDENTIALS_FILE``, default
+``.stack/credentials.env``) and the process environment. Deployed, a database
+password may come from Secrets Manager instead (``PAYFN_DB_PASSWORD_SECRET_ARN``,
+``PAYFN_DB_READONLY_PASSWORD_SECRET_ARN``), read through Powertools' ``parameters``.
 """
 
 from __future__ import annotations
@@ -63,15 +62,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def merged_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Defaults < .env < credentials file < process environment."""
+    """Defaults < .env < credentials file < process environment (an empty file name: the default)."""
     env = dict(os.environ if environ is None else environ)
     merged: dict[str, str] = {}
     merged.update(read_env_file(Path(env.get("PAYFN_ENV_FILE", ".env"))))
     stack_dir = env.get("PAYFN_STACK_DIR", merged.get("PAYFN_STACK_DIR", ".stack"))
-    credentials = env.get(
-        "PAYFN_CREDENTIALS_FILE",
-        merged.get("PAYFN_CREDENTIALS_FILE", str(Path(stack_dir) / "credentials.env")),
-    )
+    credentials = (env.get("PAYFN_CREDENTIALS_FILE") or merged.get("PAYFN_CREDENTIALS_FILE")
+                   or str(Path(stack_dir) / "credentials.env"))
     merged.update(read_env_file(Path(credentials)))
     merged.update(env)
     return merged
@@ -95,16 +92,8 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
     return raw
 
 
-def env_value(env: Mapping[str, str], name: str, default: Any, kind: Any = str) -> Any:
-    """Read one typed variable; a malformed value raises ConfigError naming it."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    return _convert(name, raw, kind)
-
-
-def load_dataclass(cls: type, env: Mapping[str, str] | None = None, prefix: str = PREFIX) -> Any:
-    """Build a dataclass whose fields map to ``<prefix><FIELD>`` variables.
+def load_dataclass(cls: type, env: Mapping[str, str] | None = None) -> Any:
+    """Build a dataclass whose fields map to ``<cls.ENV_PREFIX><FIELD>`` variables.
 
     Every module with its own settings (breaker, rate limits, …) uses this, so the
     naming rule and the validation live in one place. An empty value means "not
@@ -112,6 +101,7 @@ def load_dataclass(cls: type, env: Mapping[str, str] | None = None, prefix: str 
     ``PAYFN_AWS_ENDPOINT_URL=""`` on purpose (talk to AWS itself, not an emulator).
     """
     source = merged_environment(env)
+    prefix = getattr(cls, "ENV_PREFIX", PREFIX)
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         name = prefix + f.name.upper()
@@ -130,6 +120,8 @@ class Settings:
 
     bind_host: str = "127.0.0.1"
     stack_dir: str = ".stack"
+    #: The stack's generated secrets; empty: ``<stack_dir>/credentials.env``.
+    credentials_file: str = ""
 
     db_host: str = "127.0.0.1"
     db_port: int = 3306

@@ -31,7 +31,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from prometheus_client import Counter
@@ -87,6 +87,8 @@ return {allowed, math.floor(tokens), retry_ms, math.ceil((capacity - tokens) / r
 class RateLimitConfig:
     """Requests allowed per merchant and action in ``period_seconds`` (the seed's per-minute limits)."""
 
+    ENV_PREFIX: ClassVar[str] = CONFIG_PREFIX
+
     authorize_limit: int = 1000
     capture_limit: int = 1000
     refund_limit: int = 500
@@ -107,7 +109,7 @@ class RateLimitConfig:
 
 def load_ratelimit_config() -> RateLimitConfig:
     """The limits from ``PAYFN_RATELIMIT_*`` (the benchmark profile raises them)."""
-    config: RateLimitConfig = load_dataclass(RateLimitConfig, prefix=CONFIG_PREFIX)
+    config: RateLimitConfig = load_dataclass(RateLimitConfig)
     return config
 
 

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -36,6 +36,8 @@ CONFIG_PREFIX = "PAYFN_REDIS_"
 @dataclass(frozen=True)
 class RedisClientConfig:
     """Client-side knobs (the address itself is in :class:`Settings`)."""
+
+    ENV_PREFIX: ClassVar[str] = CONFIG_PREFIX
 
     connect_timeout_seconds: float = 0.25
     socket_timeout_seconds: float = 0.5
@@ -61,7 +63,7 @@ def create_redis(url: str, config: RedisClientConfig | None = None) -> redis.Red
     Tests that point code at a private Redis instance use this directly, so that
     they do not replace the process-wide client of the shared stack.
     """
-    cfg = config or load_dataclass(RedisClientConfig, prefix=CONFIG_PREFIX)
+    cfg = config or load_dataclass(RedisClientConfig)
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=cfg.connect_timeout_seconds,
@@ -85,15 +87,6 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
             client = create_redis(url)
             _clients[url] = client
         return client
-
-
-def reset_redis_clients() -> None:
-    """Close and forget every cached client (tests that change the address use this)."""
-    with _lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for client in clients:
-        client.close()
 
 
 class RawScript:

@@ -7,6 +7,7 @@ Loaded from ``PAYFN_BREAKER_*`` (e.g. ``PAYFN_BREAKER_SLIDING_WINDOW_SIZE``) by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from payfn_shared.config import ConfigError, load_dataclass
 
@@ -24,6 +25,8 @@ class BreakerConfig:
     permissions without asking Redis; ``redis_retry_seconds`` is how often a
     breaker running on its local fallback tries Redis again.
     """
+
+    ENV_PREFIX: ClassVar[str] = CONFIG_PREFIX
 
     sliding_window_size: int = 100
     minimum_number_of_calls: int = 5
@@ -73,5 +76,5 @@ class BreakerConfig:
 
 def load_breaker_config() -> BreakerConfig:
     """The breaker settings from ``PAYFN_BREAKER_*`` (CI shortens the durations)."""
-    config: BreakerConfig = load_dataclass(BreakerConfig, prefix=CONFIG_PREFIX)
+    config: BreakerConfig = load_dataclass(BreakerConfig)
     return config

@@ -8,6 +8,7 @@ must never become the thing that makes it worse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from payfn_shared.config import ConfigError, load_dataclass
 
@@ -17,6 +18,8 @@ CONFIG_PREFIX = "PAYFN_MONITORING_"
 @dataclass(frozen=True)
 class MonitoringConfig:
     """Row caps, timeouts and windows of the monitoring reports."""
+
+    ENV_PREFIX: ClassVar[str] = CONFIG_PREFIX
 
     statement_timeout_seconds: float = 5.0
     payments_default_limit: int = 20
@@ -51,5 +54,5 @@ class MonitoringConfig:
 
 
 def load_monitoring_config() -> MonitoringConfig:
-    config: MonitoringConfig = load_dataclass(MonitoringConfig, prefix=CONFIG_PREFIX)
+    config: MonitoringConfig = load_dataclass(MonitoringConfig)
     return config
