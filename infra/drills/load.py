@@ -7,7 +7,7 @@ arrival that finds none free is dropped and counted (k6's ``dropped_iterations``
 system that cannot keep up shows as a lower achieved rate, never as a quietly slower
 generator. One asyncio loop schedules the arrivals; an iteration is a coroutine (the
 benchmarks' raw keep-alive connections, :mod:`infra.drills.load_http`) or a blocking
-function on a fixed pool of threads (:class:`ThreadedIterations`, the drills' clients).
+function on a fixed pool of threads (:class:`BlockingLoad`, the drills' clients).
 Every request an iteration makes is noted as a :class:`Sample` in one
 :class:`LoadResult`: statuses, latencies, percentiles and the achieved rate come from it.
 """
@@ -75,7 +75,7 @@ class LoadResult:
     #: What went wrong in failed iterations, as the iterations describe it.
     failures: list[str] = field(default_factory=list)
     origin: float = field(default_factory=time.monotonic)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @staticmethod
     def percentile(samples: list[float], q: float) -> float:
@@ -87,14 +87,14 @@ class LoadResult:
 
     def note(self, sample: Sample) -> None:
         """Record one request's answer (safe from any thread)."""
-        with self._lock:
+        with self.lock:
             self.samples.append(sample)
             self.latencies.setdefault(sample.operation, []).append(sample.seconds)
             self.statuses[f"{sample.operation} {sample.status}"] += 1
 
     def fail(self, observed: str) -> None:
         """Say why an iteration failed (it then returns False)."""
-        with self._lock:
+        with self.lock:
             self.failures.append(observed)
 
     def requests(self) -> int:
@@ -113,11 +113,11 @@ class LoadResult:
 
     def answers(self, start: float = 0.0, end: float = float("inf")) -> list[Sample]:
         """Answers to requests that started in ``[start, end)`` (monotonic times)."""
-        with self._lock:
+        with self.lock:
             return [s for s in self.samples if start <= s.at < end]
 
     def arrived(self, start: float, end: float) -> int:
-        with self._lock:
+        with self.lock:
             return sum(1 for at in self.arrivals if start <= at < end)
 
 
@@ -174,7 +174,8 @@ class OpenLoad:
 
     def _arrive(self, index: int, result: LoadResult, tasks: set[asyncio.Task[None]]) -> None:
         result.planned += 1
-        result.arrivals.append(time.monotonic())
+        with result.lock:
+            result.arrivals.append(time.monotonic())
         if result.in_flight >= self.max_concurrency:
             result.dropped += 1
             return
@@ -294,6 +295,35 @@ class ThreadedIterations:
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in self._threads)
+
+
+class BlockingLoad:
+    """An :class:`OpenLoad` of a blocking iteration on ``threads`` threads, run once (the drills)."""
+
+    def __init__(self, work: Callable[[int, LoadResult], bool], threads: int, drain_seconds: float,
+                 finish: Callable[[], None] = lambda: None) -> None:
+        self.drain_seconds = drain_seconds
+        self._iterations = ThreadedIterations(work, threads, finish)
+        self._load = OpenLoad(self._iterations, threads, drain_seconds)
+
+    @property
+    def result(self) -> LoadResult:
+        return self._load.result
+
+    def start(self, name: str, rate: float) -> LoadResult:
+        """Arrivals at ``rate`` in the background until :meth:`stop`."""
+        return self._load.start(name, rate)
+
+    def stop(self) -> bool:
+        """Stop the arrivals, let the arrived iterations finish; True when every thread ended."""
+        finished = self._load.stop()
+        return self._iterations.close(self.drain_seconds) and finished
+
+    def burst(self, name: str, count: int) -> LoadResult:
+        """``count`` iterations at the same moment (at most ``threads``), waited for."""
+        result = self._load.burst(name, count)
+        self._iterations.close(self.drain_seconds)
+        return result
 
 
 def _settle(future: asyncio.Future[bool], outcome: bool | Exception) -> None:

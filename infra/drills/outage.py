@@ -67,10 +67,9 @@ from infra.drills.consistency import (
 )
 from infra.drills.load import (
     THROTTLE_MESSAGE,
+    BlockingLoad,
     LoadResult,
-    OpenLoad,
     Sample,
-    ThreadedIterations,
     acceptable,
     describe,
     timeline,
@@ -112,26 +111,26 @@ class FlowLoad:
     retry_seconds: float = 30.0
     resolved_by_lookup: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
-    result: LoadResult = field(default_factory=lambda: LoadResult("flows"))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._drain_seconds = 3 * self.retry_seconds + 3 * self.client.timeout
-        self._iterations = ThreadedIterations(self._flow, self.workers, self.client.close)
-        self._load = OpenLoad(self._iterations, self.workers, self._drain_seconds)
+        self._load = BlockingLoad(self._flow, self.workers, 3 * self.retry_seconds + 3 * self.client.timeout,
+                                  self.client.close)
+
+    @property
+    def result(self) -> LoadResult:
+        return self._load.result
 
     def start(self) -> None:
-        self.result = self._load.start("flows", self.rate)
+        self._load.start("flows", self.rate)
 
     def stop(self) -> bool:
         """Stop the arrivals and let every arrived flow finish; True when all workers ended."""
-        finished = self._load.stop()
-        return self._iterations.close(self._drain_seconds) and finished
+        return self._load.stop()
 
     def burst(self, count: int) -> None:
         """Run ``count`` flows at the same moment (each on its own worker) and wait for them."""
-        self.result = self._load.burst("burst", count)
-        self._iterations.close(self._drain_seconds)
+        self._load.burst("burst", count)
 
     def _fail(self, index: int, step: str, observed: str) -> bool:
         self.result.fail(f"flow {index} {step}: {observed}")

@@ -24,7 +24,7 @@ from payfn_shared.publisher import BREAKER_NAME
 from infra.drills.client import CONNECTION_ERROR, Answer, GatewayClient
 from infra.drills.config import DrillConfig
 from infra.drills.consistency import check_consistency, connect, expand_in, in_list
-from infra.drills.load import LoadResult, OpenLoad, ThreadedIterations
+from infra.drills.load import BlockingLoad, LoadResult
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import POLLER_APP, SCHEDULER_APP, DrillTarget
 from infra.process import pid_alive, port_open
@@ -384,7 +384,7 @@ def drill_database(drill: Drill) -> None:
 HOST_LOAD_THREADS = 8
 
 
-def authorize_load(drill: Drill) -> tuple[OpenLoad, ThreadedIterations, list[tuple[Answer, int]]]:
+def authorize_load(drill: Drill) -> tuple[BlockingLoad, list[tuple[Answer, int]]]:
     """Open-model authorizes at ``drill_load_rps``, each retried with its idempotency key; the
     final answer and retry count of each lands in the returned list."""
     outcomes: list[tuple[Answer, int]] = []
@@ -394,8 +394,7 @@ def authorize_load(drill: Drill) -> tuple[OpenLoad, ThreadedIterations, list[tup
         outcomes.append(outcome)
         return outcome[0].status == 200
 
-    iterations = ThreadedIterations(authorize, HOST_LOAD_THREADS, drill.client.close)
-    return OpenLoad(iterations, HOST_LOAD_THREADS, drain_seconds=60), iterations, outcomes
+    return BlockingLoad(authorize, HOST_LOAD_THREADS, drain_seconds=60, finish=drill.client.close), outcomes
 
 
 def drill_host(drill: Drill) -> None:
@@ -413,7 +412,7 @@ def drill_host(drill: Drill) -> None:
     victim_id = next(i for i in instances if i.port == victim.port)
     drill.cleanups.append(("restart the killed host", target.restore))
 
-    load, iterations, outcomes = authorize_load(drill)
+    load, outcomes = authorize_load(drill)
     load_started = time.monotonic()
     authorizes = load.start("authorizes", config.drill_load_rps)
     time.sleep(min(2.0, config.drill_outage_seconds / 2))
@@ -426,7 +425,6 @@ def drill_host(drill: Drill) -> None:
                  not pid_alive(victim_pid), f"{victim_id.instance_id}, load {config.drill_load_rps:g} req/s")
     time.sleep(config.drill_outage_seconds)
     load.stop()
-    iterations.close(60)
     load_seconds = time.monotonic() - load_started
     finals = [answer for answer, _ in outcomes]
     retried = sum(1 for _, retries in outcomes if retries)

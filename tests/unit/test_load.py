@@ -13,6 +13,7 @@ import pytest
 
 from infra.drills.load import (
     THROTTLE_MESSAGE,
+    BlockingLoad,
     LoadResult,
     OpenLoad,
     Sample,
@@ -125,9 +126,9 @@ def test_a_burst_arrives_at_once() -> None:
             running.remove(index)
         return True
 
-    iterations = ThreadedIterations(work, threads=6)
-    result = OpenLoad(iterations, max_concurrency=6, drain_seconds=5).burst("burst", 6)
-    assert iterations.close(5)
+    load = BlockingLoad(work, threads=6, drain_seconds=5)
+    result = load.burst("burst", 6)
+    assert result is load.result
     assert result.completed == 6 and result.dropped == 0
     assert peak[0] == 6
 
