@@ -101,8 +101,7 @@ JITTER = random.SystemRandom()
 
 @dataclass
 class FlowLoad:
-    """Open-model authorize → capture → refund flows at ``rate`` per second over ``merchants``,
-    each a blocking flow on one of ``workers`` threads (:mod:`infra.drills.load`)."""
+    """Open-model authorize → capture → refund flows at ``rate``/s, on ``workers`` threads."""
 
     client: GatewayClient
     merchants: Sequence[str]
