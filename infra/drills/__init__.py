@@ -10,6 +10,7 @@ applied twice (see :mod:`infra.drills.consistency`).
 Modules: ``config`` (timings, the ``--fast`` profile), ``report`` (steps and the
 printed report), ``client`` (the gateway client that remembers every 2xx),
 ``target`` (the stack under drill: components, the event flow, a private stack),
-``consistency`` (the final check), ``scenarios`` (the drills), ``cli`` (the
-``payfn drill`` subcommand).
+``consistency`` (the final check), ``load`` (the open-model load generator the
+drills and the benchmarks share; ``load_http`` its raw-connection payment flows),
+``scenarios`` and ``outage`` (the drills), ``cli`` (the ``payfn drill`` subcommand).
 """

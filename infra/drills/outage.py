@@ -43,7 +43,6 @@ Why it looks like this:
 from __future__ import annotations
 
 import math
-import queue
 import random
 import threading
 import time
@@ -66,6 +65,15 @@ from infra.drills.consistency import (
     expand_in,
     in_list,
     select_in,
+)
+from infra.drills.load import (
+    THROTTLE_MESSAGE,
+    BlockingLoad,
+    LoadResult,
+    Sample,
+    acceptable,
+    describe,
+    timeline,
 )
 from infra.drills.report import DrillFailed
 from infra.drills.scenarios import (
@@ -95,139 +103,41 @@ JITTER = random.SystemRandom()
 CLIENT_BACKOFF = Backoff(initial=0.4, maximum=4.0, jitter=(0.0, 1.0))
 
 
-#: The message of API Gateway's answer to a Lambda throttle (the function never ran).
-THROTTLE_MESSAGE = "Too Many Requests"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One HTTP answer of the load: when its request started (monotonic), what, how it ended."""
-
-    at: float
-    operation: str
-    status: int
-    seconds: float
-    code: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def throttled(self) -> bool:
-        return self.status == 429 and self.code == THROTTLE_MESSAGE
-
-
-def acceptable(samples: Sequence[Sample]) -> bool:
-    """Every answer 2xx or a throttle (which the flow retried: a failed flow fails on its own)."""
-    return all(s.ok or s.throttled for s in samples)
-
-
 @dataclass
 class FlowLoad:
-    """Open-model authorize → capture → refund flows at ``rate`` per second over ``merchants``."""
+    """Open-model authorize → capture → refund flows at ``rate``/s, on ``workers`` threads."""
 
     client: GatewayClient
     merchants: Sequence[str]
     rate: float
     workers: int = 64
     retry_seconds: float = 30.0
-    arrivals: list[float] = field(default_factory=list)
-    dropped: int = 0
-    completed: int = 0
     resolved_by_lookup: int = 0
-    failures: list[str] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _queue: queue.Queue[int | None] = field(default_factory=queue.Queue)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _dispatcher: threading.Thread | None = None
 
     def __post_init__(self) -> None:
-        self._slots = threading.Semaphore(self.workers)
+        self._load = BlockingLoad(self._flow, self.workers, 3 * self.retry_seconds + 3 * self.client.timeout,
+                                  self.client.close)
+
+    @property
+    def result(self) -> LoadResult:
+        return self._load.result
 
     def start(self) -> None:
-        for number in range(self.workers):
-            self._threads.append(threading.Thread(target=self._work, name=f"flow-{number}", daemon=True))
-        self._dispatcher = threading.Thread(target=self._dispatch, name="flow-arrivals", daemon=True)
-        for thread in (*self._threads, self._dispatcher):
-            thread.start()
+        self._load.start("flows", self.rate)
 
     def stop(self) -> bool:
         """Stop the arrivals and let every arrived flow finish; True when all workers ended."""
-        self._stop.set()
-        if self._dispatcher is not None:
-            self._dispatcher.join()
-        for _ in self._threads:
-            self._queue.put(None)
-        deadline = time.monotonic() + 3 * self.retry_seconds + 3 * self.client.timeout
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads)
+        return self._load.stop()
 
     def burst(self, count: int) -> None:
-        """Run ``count`` flows at the same moment (each on its own thread) and wait for them."""
-        go = threading.Barrier(count)
+        """Run ``count`` flows at the same moment (each on its own worker) and wait for them."""
+        self._load.burst("burst", count)
 
-        def one(index: int) -> None:
-            go.wait()
-            try:
-                self._flow(index)
-            except Exception as error:  # reported by the caller's check, like a failed flow
-                self._fail(index, "flow", f"{type(error).__name__}: {error}")
-            finally:
-                self.client.close()
-
-        threads = [threading.Thread(target=one, args=(index,), daemon=True) for index in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self.arrivals) - self.dropped - self.completed - len(self.failures)
-
-    def answers(self, start: float = 0.0, end: float = float("inf")) -> list[Sample]:
-        """Answers to requests that started in ``[start, end)``."""
-        with self._lock:
-            return [s for s in self.samples if start <= s.at < end]
-
-    def arrived(self, start: float, end: float) -> int:
-        with self._lock:
-            return sum(1 for at in self.arrivals if start <= at < end)
-
-    def _dispatch(self) -> None:
-        started = time.monotonic()
-        index = 0
-        while not self._stop.wait(max(0.0, started + index / self.rate - time.monotonic())):
-            index += 1
-            with self._lock:
-                self.arrivals.append(time.monotonic())
-            if self._slots.acquire(blocking=False):
-                self._queue.put(index)
-            else:
-                with self._lock:
-                    self.dropped += 1
-
-    def _work(self) -> None:
-        try:
-            while (index := self._queue.get()) is not None:
-                try:
-                    self._flow(index)
-                except Exception as error:  # a bug in a flow must show in the report, not kill a worker
-                    self._fail(index, "flow", f"{type(error).__name__}: {error}")
-                finally:
-                    self._slots.release()
-        finally:
-            self.client.close()
-
-    def _fail(self, index: int, step: str, observed: str) -> None:
-        with self._lock:
-            self.failures.append(f"flow {index} {step}: {observed}")
+    def _fail(self, index: int, step: str, observed: str) -> bool:
+        self.result.fail(f"flow {index} {step}: {observed}")
+        return False
 
     def _call(self, operation: str, send: Callable[[], Answer], deadline: float) -> tuple[Answer, int]:
         """Send, retrying what a client may retry (same body, same key) until ``deadline``."""
@@ -238,7 +148,7 @@ class FlowLoad:
             attempts += 1
             with self._lock:
                 code = str(answer.body.get("code") or answer.body.get("message") or "")
-                self.samples.append(Sample(at, operation, answer.status, answer.seconds, code))
+                self.result.note(Sample(at, operation, answer.status, answer.seconds, code))
             retryable = answer.status in RETRYABLE or answer.status == CONNECTION_ERROR
             if not retryable or time.monotonic() >= deadline:
                 return answer, attempts
@@ -254,15 +164,14 @@ class FlowLoad:
                 self.resolved_by_lookup += 1
         return answer
 
-    def _flow(self, index: int) -> None:
+    def _flow(self, index: int, _: LoadResult) -> bool:
         merchant = self.merchants[index % len(self.merchants)]
         key = f"outage-{self.run_id}-{index}"
         amount = 1000 + (index * 37) % 9000
         deadline = time.monotonic() + self.retry_seconds
         answer, _ = self._call("authorize", lambda: self.client.authorize(merchant, key, amount), deadline)
         if answer.status != 200:
-            self._fail(index, "authorize", f"HTTP {answer.status} {answer.body}")
-            return
+            return self._fail(index, "authorize", f"HTTP {answer.status} {answer.body}")
         payment_id = str(answer.body["paymentId"])
         steps: tuple[tuple[str, str, Callable[[], Answer]], ...] = (
             ("capture", "COMPLETED", lambda: self.client.capture(merchant, payment_id)),
@@ -273,40 +182,8 @@ class FlowLoad:
             if answer.status == 409 and attempts > 1:
                 answer = self._look_up(merchant, payment_id, deadline)
             if answer.status != 200 or answer.body.get("status") != expected:
-                self._fail(index, operation, f"HTTP {answer.status} {answer.body}")
-                return
-        with self._lock:
-            self.completed += 1
-
-
-def describe(samples: Sequence[Sample]) -> str:
-    """Count, statuses and latency of some answers, for a report line."""
-    if not samples:
-        return "no requests"
-    ordered = sorted(s.seconds for s in samples)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    statuses = Counter(f"{s.operation} {s.status}" for s in samples)
-    return (f"{len(samples)} requests, statuses {dict(sorted(statuses.items()))},"
-            f" latency p50/p95/max {at(0.5):.0f}/{at(0.95):.0f}/{ordered[-1] * 1000:.0f} ms")
-
-
-def timeline(samples: Sequence[Sample], origin: float, bucket: float = 5.0) -> str:
-    """Answers per ``bucket`` seconds since ``origin`` (non-2xx counted apart, slowest shown): shows
-    WHEN in an outage something went wrong, which a total cannot."""
-    buckets: dict[int, list[Sample]] = {}
-    for sample in samples:
-        buckets.setdefault(int((sample.at - origin) // bucket), []).append(sample)
-    parts = []
-    for number in sorted(buckets):
-        group = buckets[number]
-        bad = Counter(s.status for s in group if not s.ok)
-        parts.append(f"{number * bucket:g}-{(number + 1) * bucket:g}s: {len(group) - sum(bad.values())} ok"
-                     + "".join(f" {n}×{status}" for status, n in sorted(bad.items()))
-                     + f" max {max(s.seconds for s in group):.1f}s")
-    return "; ".join(parts)
+                return self._fail(index, operation, f"HTTP {answer.status} {answer.body}")
+        return True
 
 
 def warm_parallel(rate: float) -> int:
@@ -330,12 +207,12 @@ def warm_flows(drill: Drill, merchants: Sequence[str]) -> None:
                     retry_seconds=drill.config.drill_health_timeout_seconds)
     started = time.monotonic()
     warm.burst(parallel)
-    answers = warm.answers()
+    answers = warm.result.answers()
     drill.report.check("warm-up", f"{parallel} authorize→capture→refund flows at once (warm environments"
                        " for the outage's first seconds) complete",
-                       warm.completed == parallel and not warm.failures,
-                       f"{warm.completed}/{parallel} flows in {time.monotonic() - started:.1f} s"
-                       f" {warm.failures[:2]}; {describe(answers)}")
+                       warm.result.completed == parallel and not warm.result.failures,
+                       f"{warm.result.completed}/{parallel} flows in {time.monotonic() - started:.1f} s"
+                       f" {warm.result.failures[:2]}; {describe(answers)}")
 
 
 def outbox_backlog(drill: Drill, merchants: Sequence[str], up_to_id: int | None = None) -> tuple[int, int]:
@@ -445,13 +322,14 @@ def drill_broker_outage(drill: Drill) -> None:
     drill.cleanups.append(("stop the flow load", load.stop))
     load_started = time.monotonic()
     load.start()
+    flows = load.result
     time.sleep(steady)
-    before = load.answers(load_started, time.monotonic())
+    before = flows.answers(load_started, time.monotonic())
     report.check("steady flows before the outage",
                  f"{config.drill_flow_rate:g} authorize→capture→refund flows/s over {len(merchants)}"
                  " merchants; every answer 2xx",
-                 load.completed > 0 and all(s.ok for s in before),
-                 f"{load.completed} flows completed in {steady:g} s; {describe(before)}")
+                 flows.completed > 0 and all(s.ok for s in before),
+                 f"{flows.completed} flows completed in {steady:g} s; {describe(before)}")
 
     stopped_at = time.monotonic()
     clean = target.stop("kafka")
@@ -472,8 +350,8 @@ def drill_broker_outage(drill: Drill) -> None:
         if now >= next_progress:
             next_progress += PROGRESS_SECONDS
             waiting, _ = outbox_backlog(drill, merchants)
-            report.progress(f"broker down {now - stopped_at:.0f}/{outage:g} s: {load.completed} flows"
-                            f" completed, {load.in_flight} in flight, breaker {state},"
+            report.progress(f"broker down {now - stopped_at:.0f}/{outage:g} s: {flows.completed} flows"
+                            f" completed, {flows.in_flight} in flight, breaker {state},"
                             f" {waiting} outbox rows waiting")
         time.sleep(max(0.0, min(1.0, stopped_at + outage - time.monotonic())))
     waiting, backlog_mark = outbox_backlog(drill, merchants)
@@ -491,8 +369,8 @@ def drill_broker_outage(drill: Drill) -> None:
                  started_state in ("started", "running"),
                  f"{started_state} in {restarted_at - restarting:.1f} s;"
                  f" broker down {restarted_at - stopped_at:.1f} s")
-    during = load.answers(stopped_at, restarted_at)
-    arrived = load.arrived(stopped_at, restarted_at)
+    during = flows.answers(stopped_at, restarted_at)
+    arrived = flows.arrived(stopped_at, restarted_at)
     planned = config.drill_flow_rate * (restarted_at - stopped_at)
     throttled = sum(s.throttled for s in during)
     report.check("every request during the outage answered 2xx",
@@ -534,16 +412,16 @@ def drill_broker_outage(drill: Drill) -> None:
     finished = load.stop()
     drill.cleanups.pop()
     load_seconds = time.monotonic() - load_started
-    everything = load.answers()
+    everything = flows.answers()
     report.check("every flow completed", "arrived = completed; none dropped, none failed; every answer 2xx"
                  " (or a throttle, retried)",
-                 finished and not load.failures and not load.dropped
-                 and load.completed == len(load.arrivals)
+                 finished and not flows.failures and not flows.dropped
+                 and flows.completed == len(flows.arrivals)
                  and acceptable(everything),
-                 f"{len(load.arrivals)} flows arrived in {load_seconds:.0f} s, {load.completed} completed,"
-                 f" {load.dropped} dropped, {len(load.failures)} failed {load.failures[:3]};"
+                 f"{len(flows.arrivals)} flows arrived in {load_seconds:.0f} s, {flows.completed} completed,"
+                 f" {flows.dropped} dropped, {len(flows.failures)} failed {flows.failures[:3]};"
                  f" {load.resolved_by_lookup} resolved by a lookup;"
-                 f" after the restart {describe(load.answers(restarted_at))}")
+                 f" after the restart {describe(flows.answers(restarted_at))}")
     report.info("whole load", describe(everything))
 
     settle_started = time.monotonic()
@@ -568,7 +446,7 @@ def drill_broker_outage(drill: Drill) -> None:
                      lambda found: not any(found.values()), config.drill_drain_timeout_seconds, interval=1.0)
     report.check("consumer lag 0", "every consumer group committed up to the end of its topics",
                  not any(lag.values()), f"lag {lag} after {took:.1f} s")
-    report.info("numbers", f"{load.completed} flows under load ({len(everything)} requests;"
+    report.info("numbers", f"{flows.completed} flows under load ({len(everything)} requests;"
                 f" {counts['payments']} payments with the warm-up), {counts['outbox rows']} events,"
                 f" broker down {restarted_at - stopped_at:.1f} s, {waiting} outbox rows waited for it and"
                 f" were published {_after(drained_at)} after the restart")

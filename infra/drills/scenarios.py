@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import urllib.request
 import uuid
@@ -25,6 +24,7 @@ from payfn_shared.publisher import BREAKER_NAME
 from infra.drills.client import CONNECTION_ERROR, Answer, GatewayClient
 from infra.drills.config import DrillConfig
 from infra.drills.consistency import check_consistency, connect, expand_in, in_list
+from infra.drills.load import BlockingLoad, LoadResult
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import POLLER_APP, SCHEDULER_APP, DrillTarget
 from infra.process import pid_alive, port_open
@@ -380,37 +380,21 @@ def drill_database(drill: Drill) -> None:
 
 # --- host -----------------------------------------------------------------------------------------------
 
-@dataclass
-class BackgroundLoad:
-    """Threads sending authorizes at ``rate`` per second, each retried with its idempotency key."""
+#: Authorizes in flight at most at once under the host drill's load (each retried for up to 30 s).
+HOST_LOAD_THREADS = 8
 
-    drill: Drill
-    rate: float
-    threads: int = 8
-    outcomes: list[tuple[Answer, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
 
-    def _run(self) -> None:
-        interval = self.threads / self.rate
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            result = self.drill.client.authorize_retrying(self.drill.merchant, time.monotonic() + 30)
-            self.outcomes.append(result)
-            next_at = max(next_at + interval, time.monotonic() - interval)
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-        self.drill.client.close()
+def authorize_load(drill: Drill) -> tuple[BlockingLoad, list[tuple[Answer, int]]]:
+    """Open-model authorizes at ``drill_load_rps``, each retried with its idempotency key; the
+    final answer and retry count of each lands in the returned list."""
+    outcomes: list[tuple[Answer, int]] = []
 
-    def start(self) -> None:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
-            worker.start()
-            self._workers.append(worker)
+    def authorize(_: int, __: LoadResult) -> bool:
+        outcome = drill.client.authorize_retrying(drill.merchant, time.monotonic() + 30)
+        outcomes.append(outcome)
+        return outcome[0].status == 200
 
-    def stop(self) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=60)
+    return BlockingLoad(authorize, HOST_LOAD_THREADS, drain_seconds=60, finish=drill.client.close), outcomes
 
 
 def drill_host(drill: Drill) -> None:
@@ -428,9 +412,9 @@ def drill_host(drill: Drill) -> None:
     victim_id = next(i for i in instances if i.port == victim.port)
     drill.cleanups.append(("restart the killed host", target.restore))
 
-    load = BackgroundLoad(drill, config.drill_load_rps)
+    load, outcomes = authorize_load(drill)
     load_started = time.monotonic()
-    load.start()
+    authorizes = load.start("authorizes", config.drill_load_rps)
     time.sleep(min(2.0, config.drill_outage_seconds / 2))
     if victim_pid is None:
         raise DrillFailed(f"{victim.name} is not running")
@@ -442,8 +426,8 @@ def drill_host(drill: Drill) -> None:
     time.sleep(config.drill_outage_seconds)
     load.stop()
     load_seconds = time.monotonic() - load_started
-    finals = [answer for answer, _ in load.outcomes]
-    retried = sum(1 for _, retries in load.outcomes if retries)
+    finals = [answer for answer, _ in outcomes]
+    retried = sum(1 for _, retries in outcomes if retries)
     ledger = drill.client.ledger
     raw = ledger.count("authorize 5") + ledger.count(f"authorize {CONNECTION_ERROR}")
     report.check("no client-visible failure", "every authorize answered 200, no 5xx or broken connection "
@@ -451,7 +435,8 @@ def drill_host(drill: Drill) -> None:
                  bool(finals) and all(a.status == 200 for a in finals) and raw == 0,
                  f"{len(finals)} authorizes in {load_seconds:.0f} s ({len(finals) / load_seconds:.1f}/s),"
                  f" final statuses {sorted(set(a.status for a in finals))}, {raw} raw 5xx/connection answers")
-    report.info("answers retried by the client", f"{retried} request(s), with the same idempotency key")
+    report.info("answers retried by the client", f"{retried} request(s), with the same idempotency key;"
+                f" {authorizes.dropped} arrival(s) dropped with {HOST_LOAD_THREADS} authorizes in flight")
     after = [client.authorize(drill.merchant) for _ in range(10)]
     report.check("gateway routes around the dead host", "10 more authorizes all 200 at the first attempt",
                  all(a.status == 200 for a in after), _statuses(after))

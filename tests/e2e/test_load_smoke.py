@@ -24,9 +24,10 @@ from payfn_shared.config import Settings
 
 from infra.drills.client import GatewayClient
 from infra.drills.consistency import check_consistency
+from infra.drills.load import LoadResult
+from infra.drills.load_http import GatewayLoad
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import DrillTarget
-from tests.load.openload import LoadResult, OpenLoad
 
 RATE = 5.0
 SECONDS = 20.0
@@ -69,7 +70,7 @@ def _warm(settings: Settings, merchant: str, flows: int = 3, parallel: int = 4, 
 def test_load_smoke_flows_keep_every_invariant(settings: Settings, target: DrillTarget) -> None:
     prefix = f"SMK{uuid.uuid4().hex[:8]}"
     _warm(settings, f"{prefix}WARM")
-    load = OpenLoad(settings.gateway_host, settings.gateway_port, timeout=30, merchants=16,
+    load = GatewayLoad(settings.gateway_host, settings.gateway_port, timeout=30, merchants=16,
                     merchant_prefix=prefix)
     result = load.run("smoke", [(SECONDS, RATE)], RATE, flow=True)
     latency = {op: "/".join(f"{LoadResult.percentile(s, q) * 1000:.0f}" for q in (0.5, 0.95, 0.99)) + " ms"

@@ -1,6 +1,6 @@
 """Open-model load through the gateway (``python -m tests.load.bench load``): the seed's k6 test and beyond.
 
-Scenarios (k6 ``ramping-arrival-rate`` semantics, generator in ``tests/load/openload.py``):
+Scenarios (k6 ``ramping-arrival-rate`` semantics, generator in ``infra/drills/load.py``):
 
 - ``authorize_20rps``: authorize only, 5 → 20 RPS, 40 s held: a point below the knee,
   so the report shows the system's latency when it is not overloaded;
@@ -49,9 +49,10 @@ from typing import Any
 
 from infra.drills.client import GatewayClient
 from infra.drills.consistency import check_consistency
+from infra.drills.load import LoadResult, Stage
+from infra.drills.load_http import GatewayLoad
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import DrillTarget, private_stack
-from tests.load.openload import LoadResult, OpenLoad, Stage
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _summary(scenario: Scenario, result: LoadResult, hold_from: float, hold_to: 
     return out
 
 
-def _invariants(target: DrillTarget, load: OpenLoad) -> dict[str, Any]:
+def _invariants(target: DrillTarget, load: GatewayLoad) -> dict[str, Any]:
     """The drills' consistency check, summarised (PASS, or the first failing step)."""
     report = Report("invariants", out=io.StringIO())
     client = GatewayClient(target.settings.gateway_url, load.ledger, timeout=120)
@@ -213,7 +214,7 @@ def _invariants(target: DrillTarget, load: OpenLoad) -> dict[str, Any]:
 
 def run_scenario(target: DrillTarget, scenario: Scenario, hold_scale: float) -> dict[str, Any]:
     settings = target.settings
-    load = OpenLoad(settings.gateway_host, settings.gateway_port,
+    load = GatewayLoad(settings.gateway_host, settings.gateway_port,
                     max_connections=int(os.environ.get("PAYFN_BENCH_LOAD_MAX_CONNECTIONS", "400")),
                     merchants=int(os.environ.get("PAYFN_BENCH_LOAD_MERCHANTS", "256")),
                     merchant_prefix=scenario.merchant_prefix)
@@ -252,7 +253,7 @@ def _scenario_on_its_stack(scenario: Scenario, hold_scale: float) -> dict[str, A
             target = stack.enter_context(private_stack(extra_env=HOST_ENV))
         stack.callback(target.stop_helpers)
         target.ensure_event_flow(60)
-        warm = OpenLoad(target.settings.gateway_host, target.settings.gateway_port, merchant_prefix="WARM")
+        warm = GatewayLoad(target.settings.gateway_host, target.settings.gateway_port, merchant_prefix="WARM")
         warm.run("warmup", [(10, 100)], 10)
         return run_scenario(target, scenario, hold_scale)
 

@@ -38,9 +38,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
 import uvloop
+
+from infra.drills.load_http import Connection
 
 CONNECTIONS = 16
 #: A run that has not finished this long after its planned end is stuck, not slow.
@@ -57,67 +59,6 @@ def request_bytes(method: str, path: str, address: str, body: bytes = b"",
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection with at most one request in flight.
-
-    The one client connection of the benchmarks: the raw loops here read the status
-    code (:meth:`send`), the open-model load of ``openload`` the body too (:meth:`exchange`).
-    """
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 or self.waiter is None:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        marker = head.find(b"\r\ncontent-length:")
-        length = 0
-        if marker >= 0:
-            stop = head.find(b"\r\n", marker + 2)
-            length = int(head[marker + 17: stop if stop > 0 else len(head)])
-        if len(self.buffer) < end + 4 + length:
-            return
-        status = int(head[9:12])
-        body = bytes(self.buffer[end + 4: end + 4 + length])
-        del self.buffer[: end + 4 + length]
-        if b"\r\nconnection: close" in head:
-            self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if not waiter.done():  # a request that timed out has a cancelled waiter
-            waiter.set_result((status, body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed by the server"))
-
-    async def exchange(self, data: bytes, timeout: float | None = None) -> tuple[int, bytes]:
-        """Write one request, wait for its answer's status code and body."""
-        if self.closed or self.transport is None:
-            raise ConnectionError("connection closed by the server")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return await asyncio.wait_for(self.waiter, timeout)
-
-    async def send(self, data: bytes) -> int:
-        """Write one request, wait for its answer's status code."""
-        return (await self.exchange(data))[0]
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 async def connect(address: str, count: int = CONNECTIONS) -> list[Connection]:

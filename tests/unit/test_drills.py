@@ -11,9 +11,9 @@ from payfn_shared.breaker import BreakerConfig
 
 from infra.drills.client import Answer, ClientLedger
 from infra.drills.consistency import FlowState
+from infra.drills.load_http import Connection
 from infra.drills.report import DrillFailed, Report
 from infra.drills.scenarios import surely_opens
-from tests.load.rawload import Connection
 
 
 def test_report_stops_at_the_first_failed_check_and_counts_only_checks() -> None:
