@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 import uvloop
-from payfn_shared.config import ConfigError, load_dataclass, load_settings
-from payfn_shared.registry import Discovery, InstanceInfo, RegistryClient, RegistryLease
+from payfn_shared.platform.config import ConfigError, load_dataclass, load_settings
+from payfn_shared.platform.registry import Discovery, InstanceInfo, RegistryClient, RegistryLease
 
 from gateway.app import AccessLog, Gateway
 from gateway.config import GatewayConfig
 from gateway.routing import ROUTES_PATH, ApiMap, RoutingConfigError, load_routes
-from infra.serving import serve_until_signal
-from infra.template import TEMPLATE_PATH, TemplateError, load_template
+from infra.net.serving import serve_until_signal
+from infra.sam.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.gateway")
 SERVICE_NAME = "API-GATEWAY"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from payfn_shared.registry import DiscoveredInstance, Discovery
+from payfn_shared.platform.registry import DiscoveredInstance, Discovery
 
 from gateway.config import GatewayConfig
 from gateway.events import ProxyResultError, build_event, clean_headers, map_result, new_request_id
@@ -34,7 +34,7 @@ from gateway.upstream import (
 )
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 from infra.net.server import HttpServer, Limits, Refusal, Request, Response, load_limits
-from infra.template import load_template
+from infra.sam.template import load_template
 
 log = logging.getLogger("payfn.gateway")
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"

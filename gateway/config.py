@@ -1,10 +1,10 @@
-"""The gateway's own knobs (``PAYFN_GATEWAY_*``), loaded with ``payfn_shared.config``."""
+"""The gateway's own knobs (``PAYFN_GATEWAY_*``), loaded with ``payfn_shared.platform.config``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from payfn_shared.config import ConfigError
+from payfn_shared.platform.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class GatewayConfig:
     Timeout (plus a second for the host) applies when shorter.
     ``gateway_probe_interval``: how often a quarantined instance (refused or dropped a
     connection) is probed with a TCP connect; it stays out of rotation until a probe
-    succeeds or the registry drops it (see ``payfn_shared.registry.discovery``).
+    succeeds or the registry drops it (see ``payfn_shared.platform.registry.discovery``).
     """
 
     gateway_max_body_bytes: int = 1024 * 1024

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from infra.template import Template
+from infra.sam.template import Template
 
 log = logging.getLogger("payfn.gateway.routing")
 ROUTES_PATH = Path(__file__).resolve().parent / "routes.yaml"

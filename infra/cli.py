@@ -14,14 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from payfn_shared.config import ConfigError
+from payfn_shared.platform.config import ConfigError
 
-from infra.components import StackError
 from infra.deploy.command import add_parser as add_deploy_parser
 from infra.drills.cli import add_parser as add_drill_parser
-from infra.services import parse_scale, template_services
-from infra.stack import ComponentStatus, Supervisor
-from infra.template import REPO_ROOT, TemplateError, load_template
+from infra.sam.template import REPO_ROOT, TemplateError, load_template
+from infra.stack.components import StackError
+from infra.stack.services import parse_scale, template_services
+from infra.stack.supervisor import ComponentStatus, Supervisor
 
 
 def _table(statuses: Sequence[ComponentStatus]) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, fields
 import pymysql
 import pytest
 import redis
-from payfn_shared.config import PREFIX, Settings
+from payfn_shared.platform.config import PREFIX, Settings
 
-from infra.components import INFRASTRUCTURE
-from infra.stack import STARTED, ComponentStatus, Supervisor
+from infra.stack.components import INFRASTRUCTURE
+from infra.stack.supervisor import STARTED, ComponentStatus, Supervisor
 
 
 @dataclass

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import uvloop
-from payfn_shared.config import load_settings
+from payfn_shared.platform.config import load_settings
 
 from gateway.__main__ import build_directory
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.routing import ROUTES_PATH, ApiMap, load_routes
-from infra.template import load_template
+from infra.sam.template import load_template
 
 TEMPLATE = """
 AWSTemplateFormatVersion: "2010-09-09"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from payfn_shared.config import load_settings
+from payfn_shared.platform.config import load_settings
 
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 
 OBSERVABILITY = REPO_ROOT / "observability"
 SEED_DASHBOARD = REPO_ROOT.parent / "shared" / "seed" / "payment-overview.json"

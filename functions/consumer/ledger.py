@@ -1,7 +1,7 @@
 """LedgerConsumerFunction: verifies each captured/refunded event's ledger entry (writes it if missing).
 
 Ingest writes the entry in the same transaction as the status change, so this
-consumer normally only verifies it; see ``payfn_shared.consumers`` for why, and for
+consumer normally only verifies it; see ``payfn_shared.payments.consumers`` for why, and for
 the idempotency (``processed_event``) that makes redelivery harmless.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from payfn_shared.consumers import ledger_effect, process_kafka_batch
-from payfn_shared.db import get_database
+from payfn_shared.payments.consumers import ledger_effect, process_kafka_batch
+from payfn_shared.platform.db import get_database
 
 logger = Logger(service="ledger-consumer")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from payfn_shared.api import create_app, json_response, logger
-from payfn_shared.breaker import get_breaker
-from payfn_shared.publisher import BREAKER_NAME
+from payfn_shared.payments.api import create_app, json_response, logger
+from payfn_shared.payments.publisher import BREAKER_NAME
+from payfn_shared.platform.breaker import get_breaker
 
 app = create_app()
 

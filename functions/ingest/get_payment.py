@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from payfn_shared.api import create_app, logger, reply_response
+from payfn_shared.payments.api import create_app, logger, reply_response
 from payfn_shared.payments.service import get_payment_service
-from payfn_shared.validation import validate_merchant_query
+from payfn_shared.payments.validation import validate_merchant_query
 
 app = create_app()
 

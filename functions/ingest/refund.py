@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from payfn_shared.api import create_app, logger, reply_response, request_json
+from payfn_shared.payments.api import create_app, logger, reply_response, request_json
+from payfn_shared.payments.publisher import warm_publisher
 from payfn_shared.payments.service import get_payment_service
-from payfn_shared.publisher import warm_publisher
-from payfn_shared.validation import load_validation_config, validate_refund
+from payfn_shared.payments.validation import load_validation_config, validate_refund
 
 app = create_app()
 config = load_validation_config()

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from payfn_shared.api import create_app, json_response, logger
 from payfn_shared.monitoring.database import DatabaseMonitor
+from payfn_shared.payments.api import create_app, json_response, logger
 
 app = create_app()
 monitor = DatabaseMonitor()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from payfn_shared.api import create_app, json_response, logger
 from payfn_shared.monitoring.redis_monitor import RedisMonitor
+from payfn_shared.payments.api import create_app, json_response, logger
 
 app = create_app()
 monitor = RedisMonitor()

@@ -1,6 +1,6 @@
 """OutboxRelayFunction: the scheduled outbox relay (EventBridge ``Scheduled Event``).
 
-Thin on purpose: the relay logic and its SQL live in ``payfn_shared.relay``. The
+Thin on purpose: the relay logic and its SQL live in ``payfn_shared.payments.relay``. The
 result carries the backlog gauges so the local scheduler (or a metric filter on
 AWS) can expose ``payfn_outbox_backlog`` and ``payfn_outbox_oldest_age_seconds``.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from payfn_shared.db import get_database
-from payfn_shared.publisher import warm_publisher
-from payfn_shared.relay import OutboxRelay, get_relay_publisher
+from payfn_shared.payments.publisher import warm_publisher
+from payfn_shared.payments.relay import OutboxRelay, get_relay_publisher
+from payfn_shared.platform.db import get_database
 
 logger = Logger(service="outbox-relay")
 warm_publisher(get_relay_publisher)

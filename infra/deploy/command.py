@@ -15,7 +15,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
-from payfn_shared.config import ConfigError, load_settings
+from payfn_shared.platform.config import ConfigError, load_settings
 
 from infra.deploy.artifacts import ensure_bucket, package, sam_build
 from infra.deploy.cloudformation import create_or_update, stack_outputs
@@ -28,7 +28,7 @@ from infra.deploy.target import (
     parse_parameter_overrides,
 )
 from infra.deploy.transform import expand, leave_out_gaps
-from infra.template import REPO_ROOT, TEMPLATE_PATH, parse_template
+from infra.sam.template import REPO_ROOT, TEMPLATE_PATH, parse_template
 
 
 @dataclass

@@ -23,10 +23,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 from botocore.parsers import ResponseParserError
-from payfn_shared.config import load_settings
+from payfn_shared.platform.config import load_settings
 
 from infra.runtime.functions import template_parameters
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 
 SAMCONFIG_PATH = REPO_ROOT / "samconfig.toml"
 #: ``payfn deploy --env local`` reads samconfig's ``default`` environment, the one ``sam`` uses by default.

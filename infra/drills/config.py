@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from payfn_shared.config import ConfigError, load_dataclass
+from payfn_shared.platform.config import ConfigError, load_dataclass
 
 #: Template parameters a private drill stack sets (``PAYFN_PARAMETER_<Name>``) in the fast profile:
 #: short breaker durations so OPEN → HALF_OPEN → CLOSED happens within seconds.

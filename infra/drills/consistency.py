@@ -27,10 +27,10 @@ from typing import Any
 
 import pymysql
 import pymysql.cursors
-from payfn_shared.config import Settings
-from payfn_shared.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
-from payfn_shared.db import in_list
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, TOPIC_BY_EVENT_TYPE
+from payfn_shared.payments.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, TOPIC_BY_EVENT_TYPE
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.db import in_list
 
 from infra.drills.client import ClientLedger, GatewayClient
 from infra.drills.report import Report

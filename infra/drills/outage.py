@@ -51,9 +51,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from payfn_shared.backoff import Backoff
-from payfn_shared.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
+from payfn_shared.payments.consumers import BALANCE_CONSUMER, LEDGER_CONSUMER
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
+from payfn_shared.platform.backoff import Backoff
 
 from infra.drills.client import CONNECTION_ERROR, RETRYABLE, Answer, GatewayClient
 from infra.drills.consistency import (
@@ -88,7 +88,7 @@ from infra.drills.scenarios import (
     poll,
 )
 from infra.eventsource.sources import kafka_sources
-from infra.process import port_open
+from infra.stack.process import port_open
 
 #: Seconds an ingest request holds its execution environment once the broker is gone and
 #: the breaker has not opened yet: the publish timeout (1.5 s) plus the request itself,

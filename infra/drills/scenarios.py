@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from payfn_shared.breaker import BreakerConfig, RedisCircuitBreaker
-from payfn_shared.config import load_dataclass
-from payfn_shared.publisher import BREAKER_NAME
+from payfn_shared.payments.publisher import BREAKER_NAME
+from payfn_shared.platform.breaker import BreakerConfig, RedisCircuitBreaker
+from payfn_shared.platform.config import load_dataclass
 
 from infra.drills.client import CONNECTION_ERROR, Answer, GatewayClient
 from infra.drills.config import DrillConfig
@@ -27,9 +27,9 @@ from infra.drills.consistency import check_consistency, connect, expand_in, in_l
 from infra.drills.load import BlockingLoad, LoadResult
 from infra.drills.report import DrillFailed, Report
 from infra.drills.target import POLLER_APP, SCHEDULER_APP, DrillTarget
-from infra.process import pid_alive, port_open
 from infra.runtime.functions import load_definitions, parameter_overrides, template_parameters
-from infra.template import TEMPLATE_PATH, load_template
+from infra.sam.template import TEMPLATE_PATH, load_template
+from infra.stack.process import pid_alive, port_open
 
 T = TypeVar("T")
 

@@ -28,19 +28,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from payfn_shared.config import Settings
-from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryError
 
-from infra.components import INFRASTRUCTURE, Component
-from infra.process import ManagedProcess, free_port, pid_alive
-from infra.services import FunctionHostService
-from infra.stack import Supervisor
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.components import INFRASTRUCTURE, Component
+from infra.stack.process import ManagedProcess, free_port, pid_alive
+from infra.stack.services import FunctionHostService
+from infra.stack.supervisor import Supervisor
 
 SCHEDULER_APP = "SCHEDULER"
 POLLER_APP = "EVENT-SOURCE-POLLER"
 EVENT_FLOW = {
-    SCHEDULER_APP: ["-m", "infra.scheduler"],
+    SCHEDULER_APP: ["-m", "infra.eventsource.scheduler"],
     POLLER_APP: ["-m", "infra.eventsource", "--instance", "drill"],
 }
 

@@ -25,15 +25,15 @@ import sys
 from typing import Any
 
 from kafka import KafkaProducer
-from payfn_shared.config import Settings, load_dataclass
-from payfn_shared.registry import RegistryClient
+from payfn_shared.platform.config import Settings, load_dataclass
+from payfn_shared.platform.registry import RegistryClient
 
 from infra.eventsource.poller import KafkaPoller, PollerConfig, PollerMetrics
 from infra.eventsource.sources import kafka_sources
 from infra.net.invoke import ServiceInvoker
+from infra.net.serving import BackgroundWork, background_main, background_parser
 from infra.runtime.functions import template_parameters
-from infra.serving import BackgroundWork, background_main, background_parser
-from infra.template import load_template
+from infra.sam.template import load_template
 
 log = logging.getLogger("payfn.eventsource")
 

@@ -45,10 +45,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import MemberState, OffsetAndMetadata
-from payfn_shared.backoff import Backoff
-from payfn_shared.config import ConfigError
-from payfn_shared.events import iso_millis
-from payfn_shared.topics import PAYMENT_DLQ
+from payfn_shared.payments.events import iso_millis
+from payfn_shared.payments.topics import PAYMENT_DLQ
+from payfn_shared.platform.backoff import Backoff
+from payfn_shared.platform.config import ConfigError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from infra.eventsource.sources import KafkaRecord, KafkaSource, group_instance_id, lambda_kafka_event

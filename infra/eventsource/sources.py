@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from infra.template import Template, TemplateError
+from infra.sam.template import Template, TemplateError
 
 KAFKA_EVENT_TYPES = ("SelfManagedKafka", "MSK")
 EVENT_SOURCE_NAME = {"SelfManagedKafka": "SelfManagedKafka", "MSK": "aws:kafka"}

@@ -1,4 +1,4 @@
 """The network pieces every payfn process shares: the HTTP server, the HTTP client, the Invoke client.
 
-Discovery of instances (round robin, quarantine) lives in ``payfn_shared.registry``.
+Discovery of instances (round robin, quarantine) lives in ``payfn_shared.platform.registry``.
 """

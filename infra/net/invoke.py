@@ -3,7 +3,7 @@
 The scheduler and the Kafka event-source poller find the function's service in
 the registry, pick an UP instance round-robin and ``POST
 /2015-03-31/functions/{name}/invocations`` on it, through the one
-:class:`~payfn_shared.registry.Discovery` the gateway uses too. An instance that
+:class:`~payfn_shared.platform.registry.Discovery` the gateway uses too. An instance that
 refuses the connection or drops it is quarantined and the next one tried (the
 registry may lag a dead host by a lease); only when none answers does the caller see
 :class:`InvokeUnavailable`, which means "nothing ran, try again later", never "the
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from payfn_shared.registry import DiscoveredInstance, Discovery, RegistryClient
+from payfn_shared.platform.registry import DiscoveredInstance, Discovery, RegistryClient
 
 INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
 #: The stack's token on the function hosts' Invoke API (``PAYFN_INVOKE_TOKEN``; 403 without it).

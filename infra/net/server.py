@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import httptools
 import orjson
-from payfn_shared.config import ConfigError, load_dataclass
+from payfn_shared.platform.config import ConfigError, load_dataclass
 
 log = logging.getLogger("payfn.http")
 

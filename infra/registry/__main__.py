@@ -8,13 +8,13 @@ import signal
 import sys
 import threading
 
-from payfn_shared.config import ConfigError, load_dataclass, load_settings, merged_environment
+from payfn_shared.platform.config import ConfigError, load_dataclass, load_settings, merged_environment
 
-from infra.aws import dynamodb_client, ensure_tables
 from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryConfig, RegistryServer
 from infra.registry.store import RegistryStore
-from infra.template import TableSpec, TemplateError, load_template
+from infra.sam.template import TableSpec, TemplateError, load_template
+from infra.stack.aws import dynamodb_client, ensure_tables
 
 REGISTRY_TABLE_ID = "RegistryTable"
 

@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
-from payfn_shared.config import ConfigError, Settings
+from payfn_shared.platform.config import ConfigError, Settings
 
 
 class RegistryAccounts:

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from payfn_shared.numbers import parse_decimal
+from payfn_shared.platform.numbers import parse_decimal
 
 from infra.registry.store import STATUSES, Instance
 

@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
-from payfn_shared import safejson
-from payfn_shared.config import ConfigError
+from payfn_shared.platform import safejson
+from payfn_shared.platform.config import ConfigError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from payfn_shared.config import load_settings
 from payfn_shared.monitoring.prometheus import PrometheusClient, PrometheusUnavailable
+from payfn_shared.platform.config import load_settings
 
 REFRESH_SECONDS = 5
 QUERY_TIMEOUT_SECONDS = 1.5

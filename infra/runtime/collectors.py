@@ -45,11 +45,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from payfn_shared import breaker
-from payfn_shared.config import load_dataclass, load_settings
-from payfn_shared.db import Database, DbConfig
-from payfn_shared.redis_client import RedisClientConfig, create_redis
-from payfn_shared.relay import BACKLOG_METRIC, OLDEST_AGE_METRIC, read_backlog
+from payfn_shared.payments.relay import BACKLOG_METRIC, OLDEST_AGE_METRIC, read_backlog
+from payfn_shared.platform import breaker
+from payfn_shared.platform.config import load_dataclass, load_settings
+from payfn_shared.platform.db import Database, DbConfig
+from payfn_shared.platform.redis_client import RedisClientConfig, create_redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from infra.runtime.functions import COLLECTORS_METADATA, FunctionConfigError, FunctionDefinition

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from payfn_shared.config import ConfigError
+from payfn_shared.platform.config import ConfigError
 
 #: Environments per core a function gets by default (see ``default_max_environments``).
 ENVIRONMENTS_PER_CORE = 2

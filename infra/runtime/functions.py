@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
 from infra.runtime.logs import VERSION
-from infra.template import FunctionSpec, Template
+from infra.sam.template import FunctionSpec, Template
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
@@ -61,7 +61,7 @@ def template_parameters(settings: Settings) -> dict[str, str]:
     """Template parameter values that point the functions at the local stack.
 
     The template's defaults describe a generic deployment; locally the addresses
-    come from ``payfn_shared.config`` so that one setting moves every component.
+    come from ``payfn_shared.platform.config`` so that one setting moves every component.
     Any other parameter is set with ``PAYFN_PARAMETER_<Name>`` (e.g.
     ``PAYFN_PARAMETER_BreakerWaitDurationInOpenStateSeconds=2`` for a short drill),
     the local twin of ``sam deploy --parameter-overrides``.

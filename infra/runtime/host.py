@@ -97,11 +97,12 @@ from urllib.parse import parse_qs, unquote
 import orjson
 import prometheus_client
 import uvloop
-from payfn_shared.config import ConfigError, Settings, load_dataclass, load_settings
-from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryLease
+from payfn_shared.platform.config import ConfigError, Settings, load_dataclass, load_settings
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryLease
 
 from infra.net.invoke import INVOKE_TOKEN_HEADER
 from infra.net.server import HttpServer, Refusal, Request, Response, json_refusal, load_limits
+from infra.net.serving import announce, serve_until_signal
 from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.config import HostConfig
 from infra.runtime.functions import (
@@ -115,8 +116,7 @@ from infra.runtime.functions import (
 from infra.runtime.invoker import FunctionHost, Invocation, Throttle, new_request_id
 from infra.runtime.logs import VERSION
 from infra.runtime.metrics import RuntimeMetrics, new_multiprocess_dir
-from infra.serving import announce, serve_until_signal
-from infra.template import TEMPLATE_PATH, TemplateError, load_template
+from infra.sam.template import TEMPLATE_PATH, TemplateError, load_template
 
 log = logging.getLogger("payfn.runtime")
 

@@ -22,7 +22,7 @@ from typing import Any
 import uvloop
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from payfn_shared.errors import ApiError
+from payfn_shared.platform.errors import ApiError
 
 from infra.net.asgi import AsgiBridge
 from infra.net.server import HttpServer, load_limits

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 
 #: The issue asks for 60 s: set explicitly so that no PAYFN_DRILL_* default can shorten it.
 OUTAGE_SECONDS = 60

@@ -26,8 +26,8 @@ import uuid
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient
 
 from tests.e2e.gateway_client import call
 from tests.invoke_auth import invoke_headers

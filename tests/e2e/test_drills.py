@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 
 
 def test_breaker_drill_passes_on_a_private_stack() -> None:

@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from payfn_shared.config import Settings, load_settings
-from payfn_shared.registry import RegistryClient
+from payfn_shared.platform.config import Settings, load_settings
+from payfn_shared.platform.registry import RegistryClient
 
 from infra.net.invoke import INVOKE_TOKEN_HEADER
-from infra.process import free_port, port_open
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.process import free_port, port_open
 from tests.e2e.gateway_client import call
 from tests.hostile import Answer, chunked_upload, deep_json, exchange, request, stalled_body
 from tests.integration.registry_support import wait_until

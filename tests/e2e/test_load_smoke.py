@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
 from infra.drills.client import GatewayClient
 from infra.drills.consistency import check_consistency

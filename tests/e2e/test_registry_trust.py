@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient
 
 from tests.e2e.gateway_client import call
 from tests.hostile import exchange, request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
 from tests.e2e.gateway_client import call
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.registry import RegistryClient
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.registry import RegistryClient
 
 from tests.e2e.gateway_client import call
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import confluent_kafka
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.kafka_admin import ensure_topics
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.kafka_admin import ensure_topics
 from tests.integration.registry_support import wait_until
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "eventflow"

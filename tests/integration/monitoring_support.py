@@ -17,8 +17,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pymysql
-from payfn_shared.events import EVENT_AUTHORIZED, build_event
 from payfn_shared.payments.domain import CAPTURE, REFUND, PaymentStatus
+from payfn_shared.payments.events import EVENT_AUTHORIZED, build_event
 
 MONITORING_DIR = Path(__file__).resolve().parents[2] / "functions" / "monitoring"
 

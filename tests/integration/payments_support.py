@@ -18,11 +18,11 @@ from typing import Any
 
 import pymysql
 from kafka import KafkaConsumer, TopicPartition
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.components import KafkaBroker, MariaDB, Redis
-from infra.process import free_port
-from infra.stack import Supervisor
+from infra.stack.components import KafkaBroker, MariaDB, Redis
+from infra.stack.process import free_port
+from infra.stack.supervisor import Supervisor
 from tests.integration.registry_support import wait_until
 
 

@@ -1,6 +1,6 @@
 """A private redis-server for tests that must stop Redis (never the shared stack's instance).
 
-It is started with the supervisor's own component class (``infra.components.Redis``)
+It is started with the supervisor's own component class (``infra.stack.components.Redis``)
 on a free port, with its data in the test's temporary folder.
 """
 
@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.components import Redis, StackPaths
-from infra.process import ManagedProcess, free_port
-from infra.template import Template
+from infra.sam.template import Template
+from infra.stack.components import Redis, StackPaths
+from infra.stack.process import ManagedProcess, free_port
 
 
 class PrivateRedis:

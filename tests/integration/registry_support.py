@@ -20,14 +20,14 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings, load_settings
-from payfn_shared.registry import RegistryClient
+from payfn_shared.platform.config import Settings, load_settings
+from payfn_shared.platform.registry import RegistryClient
 
-from infra.aws import create_table_request, dynamodb_client
 from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryConfig, RegistryServer
 from infra.registry.store import RegistryStore, now_millis
-from infra.template import load_template
+from infra.sam.template import load_template
+from infra.stack.aws import create_table_request, dynamodb_client
 
 
 def free_port() -> int:

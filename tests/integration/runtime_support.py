@@ -23,7 +23,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 from tests.integration.registry_support import wait_until
 from tests.invoke_auth import with_invoke_token
 

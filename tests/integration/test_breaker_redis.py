@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from payfn_shared.breaker import (
+from payfn_shared.platform.breaker import (
     CLOSED,
     DISABLED,
     FORCED_OPEN,
@@ -31,8 +31,8 @@ from payfn_shared.breaker import (
     RedisBreakerStore,
     RedisCircuitBreaker,
 )
-from payfn_shared.config import Settings
-from payfn_shared.redis_client import create_redis
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.redis_client import create_redis
 
 from tests.integration.redis_support import private_redis
 

@@ -9,8 +9,7 @@ from dataclasses import replace
 
 import pymysql
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.consumers import (
+from payfn_shared.payments.consumers import (
     APPLIED,
     DUPLICATE,
     REPAIRED,
@@ -23,8 +22,9 @@ from payfn_shared.consumers import (
     balance_effect,
     ledger_effect,
 )
-from payfn_shared.db import Database
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.db import Database
 
 
 @pytest.fixture

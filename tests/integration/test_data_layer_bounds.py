@@ -2,7 +2,7 @@
 
 1. Keys that differ only by trailing spaces are different keys (NO PAD collation).
 2. The SELECT-only user cannot stall a payment: the server ends its sessions that hold
-   row locks or run past their limits (``infra/migrations/admin/reader_guard.sql``).
+   row locks or run past their limits (``infra/stack/migrations/admin/reader_guard.sql``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pymysql
 import pytest
-from payfn_shared.config import Settings
 from payfn_shared.payments.service import reset_payment_service
+from payfn_shared.platform.config import Settings
 
 from tests.apigw import authorize_event, capture_event, invoke, load_function
 from tests.integration.payments_support import authorize_body, merchant, rows

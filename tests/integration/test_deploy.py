@@ -35,9 +35,9 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from payfn_shared.config import Settings, load_settings
+from payfn_shared.platform.config import Settings, load_settings
 
-from infra.template import REPO_ROOT, load_template
+from infra.sam.template import REPO_ROOT, load_template
 from tests.apigw import get_event
 from tests.e2e.gateway_client import call
 from tests.integration.registry_support import wait_until

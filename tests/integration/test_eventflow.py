@@ -15,11 +15,11 @@ from typing import Any
 
 import pymysql
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED
+from payfn_shared.platform.config import Settings
 
 from infra.registry.server import RegistryServer
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 from tests.integration.eventflow_support import (
     Flow,
     committed,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from payfn_shared.registry import InstanceInfo
+from payfn_shared.platform.registry import InstanceInfo
 
 from infra.registry.server import RegistryServer
 from tests.gateway_support import (

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from payfn_shared.config import load_settings
+from payfn_shared.platform.config import load_settings
 
-from infra.kafka_admin import RETENTION_MS, _align_configs, ensure_topics
+from infra.stack.kafka_admin import RETENTION_MS, _align_configs, ensure_topics
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_a_refused_alteration_is_one_warning_not_an_error(
 ) -> None:
     """The broker refuses altering topics it does not have; start-up must go on regardless."""
     missing = [f"test.retention.missing.{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    with caplog.at_level(logging.WARNING, logger="infra.kafka_admin"):
+    with caplog.at_level(logging.WARNING, logger="infra.stack.kafka_admin"):
         _align_configs(admin, missing, {RETENTION_MS: "60000"})
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1

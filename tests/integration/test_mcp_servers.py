@@ -18,7 +18,7 @@ import redis
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
-from payfn_shared.ratelimit import RateLimitConfig, RateLimiter, bucket_key
+from payfn_shared.platform.ratelimit import RateLimitConfig, RateLimiter, bucket_key
 
 from tests.integration.monitoring_support import Connection, RowCounter, new_merchant, seed_merchant
 

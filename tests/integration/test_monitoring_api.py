@@ -10,12 +10,12 @@ from types import ModuleType
 import pymysql
 import pytest
 import redis
-from payfn_shared.config import Settings
-from payfn_shared.events import EVENT_AUTHORIZED
 from payfn_shared.monitoring.config import MonitoringConfig
 from payfn_shared.monitoring.readonly_db import QueryTimeout, ReadOnlyDatabase
 from payfn_shared.payments.domain import PaymentStatus
-from payfn_shared.ratelimit import RateLimitConfig, RateLimiter, bucket_key
+from payfn_shared.payments.events import EVENT_AUTHORIZED
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.ratelimit import RateLimitConfig, RateLimiter, bucket_key
 
 from tests.apigw import HttpReply, invoke, rest_event
 from tests.integration.monitoring_support import (

@@ -11,14 +11,14 @@ from dataclasses import replace
 
 import pymysql
 import pytest
-from payfn_shared.breaker import get_breaker
-from payfn_shared.config import Settings
-from payfn_shared.db import Database
-from payfn_shared.events import EVENT_AUTHORIZED
-from payfn_shared.publisher import PublisherConfig
-from payfn_shared.relay import OutboxRelay, RelayConfig, RelayPublisher, RelayReport
+from payfn_shared.payments.events import EVENT_AUTHORIZED
+from payfn_shared.payments.publisher import PublisherConfig
+from payfn_shared.payments.relay import OutboxRelay, RelayConfig, RelayPublisher, RelayReport
+from payfn_shared.platform.breaker import get_breaker
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.db import Database
 
-from infra.kafka_admin import ensure_topics
+from infra.stack.kafka_admin import ensure_topics
 from tests.integration.eventflow_support import read_all
 
 CONFIG = RelayConfig(relay_batch_size=25, relay_min_age_ms=0)

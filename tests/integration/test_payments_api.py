@@ -12,12 +12,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings
-from payfn_shared.idempotency import request_hash, utc_now
 from payfn_shared.payments.service import get_payment_service, reset_payment_service
-from payfn_shared.validation import AuthorizeRequest
+from payfn_shared.payments.validation import AuthorizeRequest
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.idempotency import request_hash, utc_now
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 from tests.apigw import (
     authorize_event,
     capture_event,
@@ -169,8 +169,8 @@ def test_in_flight_key_answers_409(fn: SimpleNamespace, db: Any) -> None:
 DIE_MID_AUTHORIZE = """
 import json, os, sys
 from payfn_shared.payments.service import get_payment_service
-from payfn_shared.ratelimit import RateLimiter
-from payfn_shared.validation import AuthorizeRequest
+from payfn_shared.platform.ratelimit import RateLimiter
+from payfn_shared.payments.validation import AuthorizeRequest
 RateLimiter.check = lambda self, merchant_id, action: os._exit(9)
 body = json.loads(sys.argv[1])
 get_payment_service().authorize(AuthorizeRequest(body["merchantId"], body["amount"], body["currency"],

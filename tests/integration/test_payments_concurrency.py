@@ -1,6 +1,6 @@
 """Concurrency: one idempotency key hammered by 100 threads; one payment captured by many.
 
-Each thread gets its own database connection (``payfn_shared.db`` keeps one per
+Each thread gets its own database connection (``payfn_shared.platform.db`` keeps one per
 thread), as concurrent Lambda execution environments would.
 """
 

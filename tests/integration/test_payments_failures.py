@@ -14,18 +14,18 @@ from typing import Any
 
 import pymysql
 import pytest
-from payfn_shared.breaker import BreakerConfig, RedisCircuitBreaker
-from payfn_shared.db import Database, DbConfig
-from payfn_shared.idempotency import MariaDbIdempotencyStore
-from payfn_shared.outbox import OutboxRecord
 from payfn_shared.payments import service as service_module
+from payfn_shared.payments.outbox import OutboxRecord
+from payfn_shared.payments.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublisherConfig
 from payfn_shared.payments.service import PaymentService
-from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublisherConfig
-from payfn_shared.ratelimit import RateLimiter
-from payfn_shared.redis_client import create_redis
-from payfn_shared.topics import PAYMENT_AUTHORIZED
+from payfn_shared.payments.topics import PAYMENT_AUTHORIZED
+from payfn_shared.platform.breaker import BreakerConfig, RedisCircuitBreaker
+from payfn_shared.platform.db import Database, DbConfig
+from payfn_shared.platform.idempotency import MariaDbIdempotencyStore
+from payfn_shared.platform.ratelimit import RateLimiter
+from payfn_shared.platform.redis_client import create_redis
 
-from infra.stack import Supervisor
+from infra.stack.supervisor import Supervisor
 from tests.apigw import authorize_event, capture_event, get_event, invoke, load_function, refund_event
 from tests.integration.payments_support import authorize_body, count, merchant, private_stack, rows, rows_once
 

@@ -15,9 +15,14 @@ from threading import Barrier
 from typing import Any
 
 import pytest
-from payfn_shared.idempotency import MariaDbIdempotencyStore, RedisIdempotencyStore, request_hash, utc_now
 from payfn_shared.payments.service import get_payment_service, reset_payment_service
-from payfn_shared.validation import AuthorizeRequest
+from payfn_shared.payments.validation import AuthorizeRequest
+from payfn_shared.platform.idempotency import (
+    MariaDbIdempotencyStore,
+    RedisIdempotencyStore,
+    request_hash,
+    utc_now,
+)
 
 from tests.apigw import HttpReply, authorize_event, invoke, load_function
 from tests.integration.payments_support import authorize_body, count, merchant

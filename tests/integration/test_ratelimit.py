@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from payfn_shared.config import Settings
-from payfn_shared.ratelimit import RateLimitConfig, RateLimiter, bucket_key
-from payfn_shared.redis_client import create_redis
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.ratelimit import RateLimitConfig, RateLimiter, bucket_key
+from payfn_shared.platform.redis_client import create_redis
 from prometheus_client import REGISTRY
 
 from tests.integration.redis_support import private_redis

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from payfn_shared.redis_client import create_redis, register_script
+from payfn_shared.platform.redis_client import create_redis, register_script
 
 from tests.integration.redis_support import private_redis
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payfn_shared.config import Settings, load_settings
-from payfn_shared.registry import InstanceInfo, RegistryClient, RegistryError
+from payfn_shared.platform.config import Settings, load_settings
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryError
 
-from infra.aws import dynamodb_client
 from infra.registry.accounts import RegistryAccounts
 from infra.registry.server import RegistryServer
+from infra.stack.aws import dynamodb_client
 from tests.integration.registry_support import (
     FakeClock,
     aws_endpoint,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 from tests.integration.registry_support import wait_until
 from tests.integration.runtime_support import FIXTURE_TEMPLATE, HostProcess, running_host
 from tests.invoke_auth import invoke_headers

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-from payfn_shared.breaker import KEY_PREFIX, RedisCircuitBreaker
+from payfn_shared.platform.breaker import KEY_PREFIX, RedisCircuitBreaker
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
 from tests.integration.runtime_support import HostProcess, running_host
 from tests.invoke_auth import invoke_headers
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.kafka_admin import ensure_topics
 from infra.registry.server import RegistryServer
+from infra.stack.kafka_admin import ensure_topics
 from tests.integration.eventflow_support import (
     listening_address,
     read_all,
@@ -35,7 +35,7 @@ def test_scheduled_runs_get_the_eventbridge_event_and_never_overlap(
     tmp_path: Path, registry: RegistryServer,
 ) -> None:
     flow, output = scheduled_flow(tmp_path, sleep=0.5)
-    argv = ["infra.scheduler", "--template", str(flow.template), "--registry-url", registry.url,
+    argv = ["infra.eventsource.scheduler", "--template", str(flow.template), "--registry-url", registry.url,
             "--no-register"]
     tick = {"TEST_TICK_SECONDS": "0.2"}
     with running_host(flow, registry.url), running("scheduler", argv, tmp_path, tick) as scheduler:
@@ -72,8 +72,8 @@ def test_the_scheduler_runs_the_templates_relay_which_publishes_and_reports_its_
             (event_id, event_id, topic, event_id))
         outbox_id = cursor.lastrowid
     host = ["infra.runtime.host", "--service", "CONSUMER-WORKER", "--registry-url", registry.url]
-    scheduler = ["infra.scheduler", "--functions", "OutboxRelayFunction", "--registry-url", registry.url,
-                 "--no-register"]
+    scheduler = ["infra.eventsource.scheduler", "--functions", "OutboxRelayFunction",
+                 "--registry-url", registry.url, "--no-register"]
     try:
         with running("host", host, tmp_path), running("scheduler", scheduler, tmp_path) as process:
             (record,) = read_all(settings, topic, expected=1, timeout=60)

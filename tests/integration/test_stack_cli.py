@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.process import free_port, pid_alive
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.process import free_port, pid_alive
 
 PAYFN = [sys.executable, "-m", "infra.cli"]
 

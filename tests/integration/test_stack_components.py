@@ -17,14 +17,14 @@ import pytest
 from confluent_kafka import Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from payfn_shared.config import Settings
-from payfn_shared.topics import ALL_TOPICS
+from payfn_shared.payments.topics import ALL_TOPICS
+from payfn_shared.platform.config import Settings
 
-from infra.components import KafkaBroker
-from infra.kafka_admin import ensure_topics
-from infra.migrations import discover
-from infra.process import free_port
-from infra.stack import Supervisor
+from infra.stack.components import KafkaBroker
+from infra.stack.kafka_admin import ensure_topics
+from infra.stack.process import free_port
+from infra.stack.schema import discover
+from infra.stack.supervisor import Supervisor
 
 
 def test_sql_round_trip(db: pymysql.connections.Connection) -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from infra.template import REPO_ROOT, load_template
+from infra.sam.template import REPO_ROOT, load_template
 
 SAM = str(REPO_ROOT / ".venv" / "bin" / "sam")
 

@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any
 
-from payfn_shared.config import PREFIX
 from payfn_shared.payments.service import reset_payment_service
-from payfn_shared.redis_client import create_redis
+from payfn_shared.platform.config import PREFIX
+from payfn_shared.platform.redis_client import create_redis
 
-from infra.stack import Supervisor
+from infra.stack.supervisor import Supervisor
 from tests.apigw import authorize_event, invoke, load_function
 
 MERCHANT = "bench-merchant"

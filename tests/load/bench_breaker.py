@@ -26,12 +26,17 @@ from typing import Any
 
 import pybreaker
 import redis
-from payfn_shared.breaker import BreakerConfig, LocalBreakerStore, RedisBreakerStore, RedisCircuitBreaker
-from payfn_shared.ratelimit import RateLimitConfig, RateLimiter, bucket_key
-from payfn_shared.redis_client import create_redis
+from payfn_shared.platform.breaker import (
+    BreakerConfig,
+    LocalBreakerStore,
+    RedisBreakerStore,
+    RedisCircuitBreaker,
+)
+from payfn_shared.platform.ratelimit import RateLimitConfig, RateLimiter, bucket_key
+from payfn_shared.platform.redis_client import create_redis
 
-from infra.components import Redis
-from infra.stack import Supervisor
+from infra.stack.components import Redis
+from infra.stack.supervisor import Supervisor
 
 
 def _commandstats(client: redis.Redis) -> Counter[str]:

@@ -39,15 +39,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from payfn_shared.config import PREFIX, Settings
-from payfn_shared.db import Database
-from payfn_shared.events import EVENT_AUTHORIZED
-from payfn_shared.outbox import OutboxRecord
-from payfn_shared.publisher import KafkaPublisher
-from payfn_shared.relay import OutboxRelay, RelayConfig, RelayPublisher
+from payfn_shared.payments.events import EVENT_AUTHORIZED
+from payfn_shared.payments.outbox import OutboxRecord
+from payfn_shared.payments.publisher import KafkaPublisher
+from payfn_shared.payments.relay import OutboxRelay, RelayConfig, RelayPublisher
+from payfn_shared.platform.config import PREFIX, Settings
+from payfn_shared.platform.db import Database
 
-from infra.stack import Supervisor
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.supervisor import Supervisor
 from tests.integration.eventflow_support import Flow, new_flow, poller_argv, produce, running, running_host
 from tests.integration.registry_support import running_registry
 

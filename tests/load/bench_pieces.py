@@ -36,18 +36,18 @@ import uvloop
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from confluent_kafka import Consumer, Producer
 from kafka import KafkaConsumer
-from payfn_shared.api import create_app, request_json
-from payfn_shared.currencies import ISO_4217_CODES
-from payfn_shared.ratelimit import _LUA_BUCKET
-from payfn_shared.redis_client import create_redis, register_script
-from payfn_shared.validation import ValidationConfig, parse_json_body, validate_authorize
+from payfn_shared.payments.api import create_app, request_json
+from payfn_shared.payments.currencies import ISO_4217_CODES
+from payfn_shared.payments.validation import ValidationConfig, parse_json_body, validate_authorize
+from payfn_shared.platform.ratelimit import _LUA_BUCKET
+from payfn_shared.platform.redis_client import create_redis, register_script
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis import _parsers
 from redis.utils import HIREDIS_AVAILABLE
 
-from infra.components import KafkaBroker
-from infra.kafka_admin import broker_ready, ensure_topics
 from infra.net.server import HttpServer, Request, Response
+from infra.stack.components import KafkaBroker
+from infra.stack.kafka_admin import broker_ready, ensure_topics
 from tests.load import rawload
 from tests.load.bench_gateway import child_process, free_port, wait_http
 

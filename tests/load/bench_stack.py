@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.process import free_port
-from infra.template import REPO_ROOT
+from infra.sam.template import REPO_ROOT
+from infra.stack.process import free_port
 
 
 def _payfn(args: list[str], env: dict[str, str]) -> float:

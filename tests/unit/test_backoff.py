@@ -1,11 +1,11 @@
-"""payfn_shared.backoff: the exponential growth, its cap and the jitter range."""
+"""payfn_shared.platform.backoff: the exponential growth, its cap and the jitter range."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from payfn_shared.backoff import Backoff
+from payfn_shared.platform.backoff import Backoff
 
 
 class _Extremes(random.Random):

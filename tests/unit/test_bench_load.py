@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from payfn_shared.validation import MERCHANT_ID_RE
+from payfn_shared.payments.validation import MERCHANT_ID_RE
 
 from tests.load.bench_load import SCENARIOS
 

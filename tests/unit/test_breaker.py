@@ -13,7 +13,7 @@ from typing import Any
 import pybreaker
 import pytest
 import redis
-from payfn_shared.breaker import (
+from payfn_shared.platform.breaker import (
     CLOSED,
     DISABLED,
     FAILURE,

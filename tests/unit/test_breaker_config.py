@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from payfn_shared.breaker import BreakerConfig, load_breaker_config
-from payfn_shared.config import ConfigError
+from payfn_shared.platform.breaker import BreakerConfig, load_breaker_config
+from payfn_shared.platform.config import ConfigError
 
 
 def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""payfn_shared.db with pymysql.connect replaced by a scripted fake: retries and error mapping."""
+"""payfn_shared.platform.db with pymysql.connect replaced by a scripted fake: retries and error mapping."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pymysql
 import pytest
-from payfn_shared import db as db_module
-from payfn_shared.config import Settings
-from payfn_shared.db import ConnectionLost, Database, DbConfig, TransientConflict
-from payfn_shared.errors import DependencyUnavailable
+from payfn_shared.platform import db as db_module
+from payfn_shared.platform.config import Settings
+from payfn_shared.platform.db import ConnectionLost, Database, DbConfig, TransientConflict
+from payfn_shared.platform.errors import DependencyUnavailable
 
 DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
 LOST = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")

@@ -16,14 +16,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
-from payfn_shared.config import ConfigError, load_settings, secrets_provider
+from payfn_shared.platform.config import ConfigError, load_settings, secrets_provider
 from samtranslator.yaml_helper import yaml_parse
 
 from infra.deploy.artifacts import content_hash, zip_folder
 from infra.deploy.cloudformation import WAIT_DELAY_SECONDS, create_or_update, failure_reasons, wait_for_stack
 from infra.deploy.target import DeployError, DeployTarget, load_target, parse_parameter_overrides
 from infra.deploy.transform import expand, leave_out_gaps
-from infra.template import TEMPLATE_PATH, load_template
+from infra.sam.template import TEMPLATE_PATH, load_template
 
 
 def test_parameter_overrides_parse_like_sam() -> None:

@@ -7,7 +7,7 @@ import io
 from collections import Counter
 
 import pytest
-from payfn_shared.breaker import BreakerConfig
+from payfn_shared.platform.breaker import BreakerConfig
 
 from infra.drills.client import Answer, ClientLedger
 from infra.drills.consistency import FlowState

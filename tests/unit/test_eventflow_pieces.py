@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from payfn_shared.consumers import (
+from payfn_shared.payments.consumers import (
     InvalidEvent,
     InvalidJson,
     UnknownEventType,
@@ -18,9 +18,16 @@ from payfn_shared.consumers import (
 )
 
 from infra.eventsource.poller import DLQ_FIELDS, dlq_payload
+from infra.eventsource.scheduler import (
+    Cron,
+    Rate,
+    ScheduleError,
+    parse_schedule,
+    rules_from_template,
+    scheduled_event,
+)
 from infra.eventsource.sources import KafkaSource, group_instance_id, kafka_sources, lambda_kafka_event
-from infra.scheduler import Cron, Rate, ScheduleError, parse_schedule, rules_from_template, scheduled_event
-from infra.template import load_template
+from infra.sam.template import load_template
 
 
 @dataclass

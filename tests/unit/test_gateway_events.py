@@ -23,7 +23,7 @@ from gateway.events import (
 )
 from gateway.routing import ApiMap, ApiRoute
 from infra.net.server import Request
-from infra.template import load_template
+from infra.sam.template import load_template
 from tests.gateway_support import write_template
 
 SAM = Path(sys.executable).parent / "sam"

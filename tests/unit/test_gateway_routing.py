@@ -20,7 +20,7 @@ from gateway.routing import (
     parse_routes,
     spring_path_regex,
 )
-from infra.template import load_template
+from infra.sam.template import load_template
 from tests.gateway_support import write_template
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gateway import upstream
 from gateway.upstream import ConnectFailed, UpstreamConnectionLost, UpstreamPool
-from infra.process import free_port
+from infra.stack.process import free_port
 
 
 def connect_error(port: int, connect_timeout: float) -> ConnectFailed:

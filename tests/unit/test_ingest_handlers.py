@@ -6,8 +6,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from payfn_shared.errors import CaptureConflict, DependencyUnavailable, NotFound, RateLimitExceeded
 from payfn_shared.payments.service import Reply
+from payfn_shared.platform.errors import CaptureConflict, DependencyUnavailable, NotFound, RateLimitExceeded
 
 from tests.apigw import (
     authorize_event,

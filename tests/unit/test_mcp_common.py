@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from payfn_mcp.common import answer
-from payfn_shared.errors import FieldError, ServiceUnavailable, ValidationFailed
+from payfn_shared.platform.errors import FieldError, ServiceUnavailable, ValidationFailed
 
 
 def test_a_report_is_summary_then_json_and_structured() -> None:

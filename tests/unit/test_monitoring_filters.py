@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from payfn_shared.errors import ValidationFailed
 from payfn_shared.monitoring.filters import (
     PAYMENTS_SQL,
     PaymentFilter,
@@ -15,6 +14,7 @@ from payfn_shared.monitoring.filters import (
     payments_query,
 )
 from payfn_shared.payments.domain import PaymentStatus
+from payfn_shared.platform.errors import ValidationFailed
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, 535000)
 MIDNIGHT = datetime(2026, 3, 14)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
 from payfn_shared.monitoring.reconciliation import (
     LedgerRow,
     OutboxRow,
@@ -15,6 +14,7 @@ from payfn_shared.monitoring.reconciliation import (
     expected_projection,
     reconcile,
 )
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED
 
 NOW = datetime(2026, 3, 14, 12, 0, 0)
 OLD = NOW - timedelta(minutes=10)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.observability import render_prometheus_config
+from infra.stack.observability import render_prometheus_config
 from tests.observability_support import (
     DASHBOARD_PROVIDERS,
     DATASOURCES,

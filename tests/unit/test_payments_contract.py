@@ -6,7 +6,17 @@ import json
 from datetime import datetime
 
 import pytest
-from payfn_shared.errors import (
+from payfn_shared.payments.domain import (
+    CAPTURE,
+    REFUND,
+    Payment,
+    PaymentStatus,
+    check_transition,
+    ledger_entry_for,
+    payment_body,
+)
+from payfn_shared.payments.events import EVENT_CAPTURED, EVENT_REFUNDED, build_event, iso_millis
+from payfn_shared.platform.errors import (
     CaptureConflict,
     DependencyUnavailable,
     FieldError,
@@ -19,22 +29,12 @@ from payfn_shared.errors import (
     RequestInProgress,
     ValidationFailed,
 )
-from payfn_shared.events import EVENT_CAPTURED, EVENT_REFUNDED, build_event, iso_millis
-from payfn_shared.idempotency import (
+from payfn_shared.platform.idempotency import (
     IdempotencyRecord,
     RecordStatus,
     StoredResponse,
     request_hash,
     resolve_existing,
-)
-from payfn_shared.payments.domain import (
-    CAPTURE,
-    REFUND,
-    Payment,
-    PaymentStatus,
-    check_transition,
-    ledger_entry_for,
-    payment_body,
 )
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678000)

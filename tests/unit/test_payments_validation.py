@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from payfn_shared.errors import MalformedJson, PayloadTooLarge, ValidationFailed
-from payfn_shared.validation import (
+from payfn_shared.payments.validation import (
     ValidationConfig,
     is_payment_id,
     parse_json_body,
@@ -17,6 +16,7 @@ from payfn_shared.validation import (
     validate_merchant_query,
     validate_refund,
 )
+from payfn_shared.platform.errors import MalformedJson, PayloadTooLarge, ValidationFailed
 
 CONFIG = ValidationConfig(max_amount=1_000_000, max_body_bytes=256)
 VALID = {"merchantId": "merchant_1-A", "amount": 100, "currency": "EUR", "idempotencyKey": "key-1"}

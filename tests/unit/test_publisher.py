@@ -9,11 +9,16 @@ from typing import Any, ClassVar
 
 import pytest
 from confluent_kafka import KafkaError
-from payfn_shared.breaker import CallNotPermittedError
-from payfn_shared.config import ConfigError
-from payfn_shared.errors import DependencyUnavailable
-from payfn_shared.outbox import OutboxRecord
-from payfn_shared.publisher import BREAKER_OPEN_ERROR, KafkaPublisher, PublishedMarks, PublisherConfig
+from payfn_shared.payments.outbox import OutboxRecord
+from payfn_shared.payments.publisher import (
+    BREAKER_OPEN_ERROR,
+    KafkaPublisher,
+    PublishedMarks,
+    PublisherConfig,
+)
+from payfn_shared.platform.breaker import CallNotPermittedError
+from payfn_shared.platform.config import ConfigError
+from payfn_shared.platform.errors import DependencyUnavailable
 
 RECORD = OutboxRecord(7, "e-1", "PAYMENT_AUTHORIZED", "payment.authorized", "p-1", b'{"a":1}')
 

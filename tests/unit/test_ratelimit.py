@@ -4,8 +4,8 @@ exercised against a real Redis in tests/integration/test_ratelimit.py)."""
 from __future__ import annotations
 
 import pytest
-from payfn_shared.config import ConfigError
-from payfn_shared.ratelimit import (
+from payfn_shared.platform.config import ConfigError
+from payfn_shared.platform.ratelimit import (
     RateLimitConfig,
     RateLimitDecision,
     bucket_key,

@@ -6,7 +6,7 @@ import io
 
 import pytest
 import redis
-from payfn_shared.redis_client import _encode, _read_reply
+from payfn_shared.platform.redis_client import _encode, _read_reply
 
 
 @pytest.mark.parametrize(

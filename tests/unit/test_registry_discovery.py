@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import time
 
-from payfn_shared.registry import Discovery, InstanceInfo, RegistryClient
+from payfn_shared.platform.registry import Discovery, InstanceInfo, RegistryClient
 
-from infra.process import free_port
+from infra.stack.process import free_port
 
 APP = "INGEST-SERVICE"
 

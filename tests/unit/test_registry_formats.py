@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 
 import pytest
-from payfn_shared.registry import InstanceInfo, parse_applications
+from payfn_shared.platform.registry import InstanceInfo, parse_applications
 
 from infra.registry import eureka
 from infra.registry.store import Instance

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from payfn_shared.registry import InstanceInfo, RegistryError, RegistryLease
-from payfn_shared.registry.lease import RETRY_CAP_SECONDS, RETRY_FIRST_SECONDS
+from payfn_shared.platform.registry import InstanceInfo, RegistryError, RegistryLease
+from payfn_shared.platform.registry.lease import RETRY_CAP_SECONDS, RETRY_FIRST_SECONDS
 
 INSTANCE = InstanceInfo("TEST-SERVICE", "i-1", "127.0.0.1", 9000)
 

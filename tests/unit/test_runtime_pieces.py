@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from payfn_shared.config import ConfigError, Settings, load_dataclass
+from payfn_shared.platform.config import ConfigError, Settings, load_dataclass
 
 from infra.runtime import logs
 from infra.runtime.config import HostConfig
@@ -29,7 +29,7 @@ from infra.runtime.invoker import FunctionHost, new_request_id, tree_signature
 from infra.runtime.metrics import RuntimeMetrics
 from infra.runtime.protocol import FrameReader, encode_frame, split_frames
 from infra.runtime.worker import LambdaContext, error_payload, serialize_result, serve
-from infra.template import REPO_ROOT, load_template
+from infra.sam.template import REPO_ROOT, load_template
 
 FIXTURE_TEMPLATE = REPO_ROOT / "tests" / "fixtures" / "template.yaml"
 FIXTURE_CODE = REPO_ROOT / "tests" / "fixtures" / "functions"

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from payfn_shared.registry import InstanceInfo, RegistryClient
+from payfn_shared.platform.registry import InstanceInfo, RegistryClient
 
 from infra.net.invoke import InvokeUnavailable, ServiceInvoker
-from infra.process import free_port
+from infra.stack.process import free_port
 
 APP = "INGEST-SERVICE"
 

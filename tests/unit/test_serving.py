@@ -1,4 +1,4 @@
-"""``infra.serving``: the shutdown tail of the asyncio servers' mains and the background processes' main."""
+"""``infra.net.serving``: the shutdown tail of the asyncio servers' mains and the background main."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from payfn_shared.config import ConfigError, Settings
-from payfn_shared.registry import RegistryClient
+from payfn_shared.platform.config import ConfigError, Settings
+from payfn_shared.platform.registry import RegistryClient
 from prometheus_client import CollectorRegistry
 
-from infra.serving import BackgroundWork, background_main, background_parser, serve_until_signal
+from infra.net.serving import BackgroundWork, background_main, background_parser, serve_until_signal
 
 
 class FakeLease:

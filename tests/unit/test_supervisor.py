@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.components import Component, StackError
-from infra.process import free_port, port_open
-from infra.stack import Supervisor
-from infra.template import load_template
+from infra.sam.template import load_template
+from infra.stack.components import Component, StackError
+from infra.stack.process import free_port, port_open
+from infra.stack.supervisor import Supervisor
 
 
 class CrashingComponent(Component):
@@ -64,7 +64,7 @@ def test_credentials_generated_once_and_private(tmp_path: Path, monkeypatch: pyt
 def test_empty_text_setting_is_kept_empty_numbers_fall_back(tmp_path: Path) -> None:
     """Regression: a deployed function's ``PAYFN_AWS_ENDPOINT_URL=""`` fell back to the
     local emulator's address instead of meaning "AWS itself"."""
-    from payfn_shared.config import load_settings
+    from payfn_shared.platform.config import load_settings
 
     env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
            "PAYFN_AWS_ENDPOINT_URL": "", "PAYFN_DB_PORT": ""}
@@ -77,7 +77,7 @@ def test_empty_text_setting_is_kept_empty_numbers_fall_back(tmp_path: Path) -> N
 def test_kafka_topic_retention_accepts_a_minute_or_more_or_forever(
     tmp_path: Path, raw: str | None, expected: int,
 ) -> None:
-    from payfn_shared.config import load_settings
+    from payfn_shared.platform.config import load_settings
 
     env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none")}
     if raw is not None:
@@ -88,7 +88,7 @@ def test_kafka_topic_retention_accepts_a_minute_or_more_or_forever(
 @pytest.mark.parametrize("raw", ["59999", "21600", "0", "-2"])
 def test_kafka_topic_retention_rejects_less_than_a_minute(tmp_path: Path, raw: str) -> None:
     """21600 is 6 h written in seconds: taken as milliseconds it would delete events at once."""
-    from payfn_shared.config import ConfigError, load_settings
+    from payfn_shared.platform.config import ConfigError, load_settings
 
     env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
            "PAYFN_KAFKA_TOPIC_RETENTION_MS": raw}
@@ -134,8 +134,13 @@ def test_background_component_and_what_it_starts_run_nicer(tmp_path: Path) -> No
 
 
 def test_only_services_without_api_routes_are_background(tmp_path: Path) -> None:
-    from infra.components import StackPaths
-    from infra.services import EventSourcePollerService, FunctionHostService, GatewayService, SchedulerService
+    from infra.stack.components import StackPaths
+    from infra.stack.services import (
+        EventSourcePollerService,
+        FunctionHostService,
+        GatewayService,
+        SchedulerService,
+    )
 
     settings = replace(Settings(), stack_dir=str(tmp_path))
     paths, template = StackPaths(tmp_path), load_template()
@@ -150,7 +155,7 @@ def test_only_services_without_api_routes_are_background(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("raw", ["-1", "20"])
 def test_background_nice_outside_what_linux_accepts_is_refused(tmp_path: Path, raw: str) -> None:
-    from payfn_shared.config import ConfigError, load_settings
+    from payfn_shared.platform.config import ConfigError, load_settings
 
     env = {"PAYFN_ENV_FILE": str(tmp_path / "none"), "PAYFN_CREDENTIALS_FILE": str(tmp_path / "none"),
            "PAYFN_BACKGROUND_NICE": raw}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import boto3
 from moto import mock_aws
-from payfn_shared.config import Settings
+from payfn_shared.platform.config import Settings
 
-from infra.aws import create_table_request, ensure_tables
-from infra.template import load_template
+from infra.sam.template import load_template
+from infra.stack.aws import create_table_request, ensure_tables
 
 
 def test_registry_table_declared_with_ttl() -> None:

@@ -1,6 +1,6 @@
 """Circuit-breaker reports: status, Kafka health, diagnosis, failure pattern over time.
 
-The breaker's state lives in Redis (:mod:`payfn_shared.breaker`), so any process
+The breaker's state lives in Redis (:mod:`payfn_shared.platform.breaker`), so any process
 reads the fleet-wide truth with one snapshot; Kafka's health is checked over the
 plain Kafka protocol (metadata round trip), as any broker — local, Redpanda or
 MSK — answers it; the history comes from Prometheus, because a snapshot only
@@ -19,7 +19,13 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from payfn_shared.breaker import (
+from payfn_shared.monitoring.config import MonitoringConfig, load_monitoring_config
+from payfn_shared.monitoring.database import utc_now
+from payfn_shared.monitoring.filters import parse_time_range
+from payfn_shared.monitoring.prometheus import PrometheusClient, PrometheusUnavailable
+from payfn_shared.payments.publisher import BREAKER_NAME
+from payfn_shared.payments.topics import ALL_TOPICS
+from payfn_shared.platform.breaker import (
     CLOSED,
     DISABLED,
     FORCED_OPEN,
@@ -28,14 +34,8 @@ from payfn_shared.breaker import (
     STORAGE_LOCAL_FALLBACK,
     get_breaker,
 )
-from payfn_shared.config import Settings, load_settings
-from payfn_shared.errors import ApiError
-from payfn_shared.monitoring.config import MonitoringConfig, load_monitoring_config
-from payfn_shared.monitoring.database import utc_now
-from payfn_shared.monitoring.filters import parse_time_range
-from payfn_shared.monitoring.prometheus import PrometheusClient, PrometheusUnavailable
-from payfn_shared.publisher import BREAKER_NAME
-from payfn_shared.topics import ALL_TOPICS
+from payfn_shared.platform.config import Settings, load_settings
+from payfn_shared.platform.errors import ApiError
 
 SEVERITIES = ("ok", "warning", "critical")
 MAX_ANALYSIS_WINDOW = timedelta(days=7)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from payfn_shared.config import ConfigError, load_dataclass
+from payfn_shared.platform.config import ConfigError, load_dataclass
 
 CONFIG_PREFIX = "PAYFN_MONITORING_"
 

@@ -13,8 +13,6 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from payfn_shared.errors import FieldError, ValidationFailed
-from payfn_shared.events import iso_millis
 from payfn_shared.monitoring.config import MonitoringConfig, load_monitoring_config
 from payfn_shared.monitoring.filters import capped_limit, parse_filter, parse_time_range, payments_query
 from payfn_shared.monitoring.readonly_db import ReadOnlyDatabase, get_readonly_database
@@ -26,9 +24,11 @@ from payfn_shared.monitoring.reconciliation import (
     StatusTotal,
     reconcile,
 )
-from payfn_shared.numbers import parse_decimal
 from payfn_shared.payments.domain import PaymentStatus
-from payfn_shared.validation import IDEMPOTENCY_KEY_RE, MERCHANT_ID_RE
+from payfn_shared.payments.events import iso_millis
+from payfn_shared.payments.validation import IDEMPOTENCY_KEY_RE, MERCHANT_ID_RE
+from payfn_shared.platform.errors import FieldError, ValidationFailed
+from payfn_shared.platform.numbers import parse_decimal
 
 MAX_OUTBOX_AGE_MINUTES = 7 * 24 * 60
 

@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from payfn_shared.currencies import ISO_4217_CODES
-from payfn_shared.errors import FieldError, ValidationFailed
-from payfn_shared.numbers import parse_decimal
+from payfn_shared.payments.currencies import ISO_4217_CODES
 from payfn_shared.payments.domain import PaymentStatus
-from payfn_shared.validation import MERCHANT_ID_RE
+from payfn_shared.payments.validation import MERCHANT_ID_RE
+from payfn_shared.platform.errors import FieldError, ValidationFailed
+from payfn_shared.platform.numbers import parse_decimal
 
 MAX_FILTER_LENGTH = 200
 MAX_WINDOW = timedelta(days=366)

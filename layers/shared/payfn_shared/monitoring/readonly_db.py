@@ -12,7 +12,7 @@ filter) produced a write. So every query here runs
 Row limits are the callers' job (every query has a LIMIT or aggregates).
 
 The connection handling (warm per-thread reuse, ping after idling, "database
-gone" → 503) is :class:`payfn_shared.db.Database`'s, pointed at the read-only user.
+gone" → 503) is :class:`payfn_shared.platform.db.Database`'s, pointed at the read-only user.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 
 import pymysql
 
-from payfn_shared.config import Settings, load_settings
-from payfn_shared.db import CONNECTION_ERRORS, Cursor, Database, error_number
-from payfn_shared.errors import DependencyUnavailable, ServiceUnavailable
 from payfn_shared.monitoring.config import MonitoringConfig, load_monitoring_config
+from payfn_shared.platform.config import Settings, load_settings
+from payfn_shared.platform.db import CONNECTION_ERRORS, Cursor, Database, error_number
+from payfn_shared.platform.errors import DependencyUnavailable, ServiceUnavailable
 
 #: MariaDB: "Query execution was interrupted (max_statement_time exceeded)".
 STATEMENT_TIMEOUT = 1969

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from payfn_shared.events import EVENT_AUTHORIZED
 from payfn_shared.payments.domain import CAPTURE, REFUND, PaymentStatus, Transition
+from payfn_shared.payments.events import EVENT_AUTHORIZED
 
 #: The transitions a payment in a status has gone through, in order.
 TRANSITIONS_BY_STATUS: dict[PaymentStatus, tuple[Transition, ...]] = {

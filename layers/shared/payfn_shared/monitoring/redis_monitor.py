@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from payfn_shared.errors import DependencyUnavailable, FieldError, ValidationFailed
 from payfn_shared.monitoring.config import MonitoringConfig, load_monitoring_config
-from payfn_shared.ratelimit import RateLimitDecision, RateLimiter
-from payfn_shared.redis_client import get_redis
-from payfn_shared.validation import MERCHANT_ID_RE
+from payfn_shared.payments.validation import MERCHANT_ID_RE
+from payfn_shared.platform.errors import DependencyUnavailable, FieldError, ValidationFailed
+from payfn_shared.platform.ratelimit import RateLimitDecision, RateLimiter
+from payfn_shared.platform.redis_client import get_redis
 
 T = TypeVar("T")
 KEY_PATTERN = "payfn:*"

@@ -12,8 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from payfn_shared.errors import ApiError, CaptureConflict, RefundConflict
-from payfn_shared.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, iso_millis
+from payfn_shared.payments.events import EVENT_AUTHORIZED, EVENT_CAPTURED, EVENT_REFUNDED, iso_millis
+from payfn_shared.platform.errors import ApiError, CaptureConflict, RefundConflict
 
 MERCHANT_RECEIVABLE = "merchant_receivable"
 CASH = "cash"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from payfn_shared.db import Cursor
 from payfn_shared.payments.domain import LedgerEntry, Payment, PaymentStatus
+from payfn_shared.platform.db import Cursor
 
 _INSERT_PAYMENT = (
     "INSERT INTO payment (id, merchant_id, amount, currency, status, idempotency_key, request_hash,"

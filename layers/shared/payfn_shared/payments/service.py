@@ -30,29 +30,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from payfn_shared.config import load_dataclass
-from payfn_shared.db import Cursor, Database, get_database, is_duplicate_key, reset_database
-from payfn_shared.errors import (
-    ApiError,
-    DependencyUnavailable,
-    IdempotencyKeyReused,
-    NotFound,
-    RateLimitExceeded,
-)
-from payfn_shared.events import build_event
-from payfn_shared.idempotency import (
-    REPLAY_HEADER,
-    STORE_REDIS,
-    IdempotencyConfig,
-    IdempotencyStore,
-    MariaDbIdempotencyStore,
-    RedisIdempotencyStore,
-    StoredResponse,
-    request_hash,
-    resolve_existing,
-    utc_now,
-)
-from payfn_shared.outbox import OutboxRecord, insert_event
 from payfn_shared.payments import repository as repo
 from payfn_shared.payments.domain import (
     AUTHORIZE_EVENT,
@@ -67,10 +44,33 @@ from payfn_shared.payments.domain import (
     ledger_entry_for,
     payment_body,
 )
-from payfn_shared.publisher import get_publisher, reset_publisher
-from payfn_shared.ratelimit import RateLimiter
-from payfn_shared.redis_client import get_redis
-from payfn_shared.validation import AuthorizeRequest, CaptureRequest, RefundRequest, is_payment_id
+from payfn_shared.payments.events import build_event
+from payfn_shared.payments.outbox import OutboxRecord, insert_event
+from payfn_shared.payments.publisher import get_publisher, reset_publisher
+from payfn_shared.payments.validation import AuthorizeRequest, CaptureRequest, RefundRequest, is_payment_id
+from payfn_shared.platform.config import load_dataclass
+from payfn_shared.platform.db import Cursor, Database, get_database, is_duplicate_key, reset_database
+from payfn_shared.platform.errors import (
+    ApiError,
+    DependencyUnavailable,
+    IdempotencyKeyReused,
+    NotFound,
+    RateLimitExceeded,
+)
+from payfn_shared.platform.idempotency import (
+    REPLAY_HEADER,
+    STORE_REDIS,
+    IdempotencyConfig,
+    IdempotencyStore,
+    MariaDbIdempotencyStore,
+    RedisIdempotencyStore,
+    StoredResponse,
+    request_hash,
+    resolve_existing,
+    utc_now,
+)
+from payfn_shared.platform.ratelimit import RateLimiter
+from payfn_shared.platform.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ ACTION_REFUND = "refund"
 
 
 class RateDecision(Protocol):
-    """What the service reads of ``payfn_shared.ratelimit.RateLimitDecision``."""
+    """What the service reads of ``payfn_shared.platform.ratelimit.RateLimitDecision``."""
 
     allowed: bool
     limit: int
