@@ -29,7 +29,7 @@ def test_sam_build_without_container(tmp_path: Path) -> None:
                  "--cached", "--cache-dir", str(cache))
     assert result.returncode == 0, result.stdout + result.stderr
     built = tmp_path / "build"
-    assert (built / "SharedLayer" / "python" / "payfn_shared" / "config.py").is_file()
+    assert (built / "SharedLayer" / "python" / "payfn_shared" / "platform" / "config.py").is_file()
     assert (built / "SharedLayer" / "python" / "pymysql").is_dir()
     for function in load_template().functions():
         assert (built / function.logical_id).is_dir(), function.logical_id
