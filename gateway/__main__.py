@@ -17,9 +17,10 @@ import uvloop
 from payfn_shared.platform.config import ConfigError, load_dataclass, load_settings
 from payfn_shared.platform.registry import Discovery, InstanceInfo, RegistryClient, RegistryLease
 
+from gateway.api_map import ApiMap
 from gateway.app import AccessLog, Gateway
 from gateway.config import GatewayConfig
-from gateway.routing import ROUTES_PATH, ApiMap, RoutingConfigError, load_routes
+from gateway.spring_routes import ROUTES_PATH, RoutingConfigError, load_routes
 from infra.net.serving import serve_until_signal
 from infra.sam.template import TEMPLATE_PATH, TemplateError, load_template
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import orjson
 from payfn_shared.platform.registry import DiscoveredInstance, Discovery
 
+from gateway.api_map import ApiMap, ApiRoute, MethodNotAllowed
 from gateway.config import GatewayConfig
 from gateway.events import ProxyResultError, build_event, clean_headers, map_result, new_request_id
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from gateway.routing import ApiMap, ApiRoute, Failure, GatewayRoute, MethodNotAllowed
+from gateway.spring_routes import Failure, GatewayRoute
 from gateway.upstream import (
     ConnectFailed,
     UpstreamConnectionLost,
@@ -33,7 +34,9 @@ from gateway.upstream import (
     UpstreamTimeout,
 )
 from infra.net.invoke import INVOKE_TOKEN_HEADER
-from infra.net.server import HttpServer, Limits, Refusal, Request, Response, load_limits
+from infra.net.limits import Limits, load_limits
+from infra.net.messages import Refusal, Request, Response
+from infra.net.server import HttpServer
 from infra.sam.template import load_template
 
 log = logging.getLogger("payfn.gateway")

@@ -23,8 +23,8 @@ from urllib.parse import unquote_plus
 
 import orjson
 
-from gateway.routing import ApiRoute
-from infra.net.server import Request
+from gateway.api_map import ApiRoute
+from infra.net.messages import Request
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"

@@ -19,7 +19,7 @@ from payfn_shared.platform.config import ConfigError
 from infra.deploy.command import add_parser as add_deploy_parser
 from infra.drills.cli import add_parser as add_drill_parser
 from infra.sam.template import REPO_ROOT, TemplateError, load_template
-from infra.stack.components import StackError
+from infra.stack.component import StackError
 from infra.stack.services import parse_scale, template_services
 from infra.stack.supervisor import ComponentStatus, Supervisor
 

@@ -28,9 +28,10 @@ import uvloop
 from payfn_shared.platform.config import load_settings
 
 from gateway.__main__ import build_directory
+from gateway.api_map import ApiMap
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
-from gateway.routing import ROUTES_PATH, ApiMap, load_routes
+from gateway.spring_routes import ROUTES_PATH, load_routes
 from infra.sam.template import load_template
 
 TEMPLATE = """

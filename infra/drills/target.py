@@ -32,7 +32,8 @@ from payfn_shared.platform.config import Settings
 from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryError
 
 from infra.sam.template import REPO_ROOT
-from infra.stack.components import INFRASTRUCTURE, Component
+from infra.stack.component import Component
+from infra.stack.components import INFRASTRUCTURE
 from infra.stack.process import ManagedProcess, free_port, pid_alive
 from infra.stack.services import FunctionHostService
 from infra.stack.supervisor import Supervisor

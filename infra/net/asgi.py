@@ -1,7 +1,7 @@
 """An ASGI application behind payfn's one HTTP server (the MCP servers' streamable HTTP).
 
 So the MCP listener answers hostile input exactly as every other payfn listener does
-(``infra.net.server.Limits``) instead of with a second server's rules. Responses are
+(``infra.net.limits.Limits``) instead of with a second server's rules. Responses are
 buffered: this serves request/response apps (MCP's stateless JSON mode), not streams.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from infra.net.server import Request, Response
+from infra.net.messages import Request, Response
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

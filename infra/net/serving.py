@@ -34,7 +34,9 @@ from payfn_shared.platform.config import ConfigError, Settings, load_settings
 from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryLease
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from infra.net.server import HttpServer, Request, Response, ThreadedServer, blocking, load_limits
+from infra.net.limits import load_limits
+from infra.net.messages import Request, Response
+from infra.net.server import HttpServer, ThreadedServer, blocking
 from infra.sam.template import TEMPLATE_PATH, TemplateError
 
 log = logging.getLogger("payfn.serving")

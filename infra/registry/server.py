@@ -27,7 +27,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from infra.net.http_metrics import http_server_requests, outcome_of
-from infra.net.server import HttpServer, Limits, Request, Response, ThreadedServer, blocking, load_limits
+from infra.net.limits import Limits, load_limits
+from infra.net.messages import Request, Response
+from infra.net.server import HttpServer, ThreadedServer, blocking
 from infra.registry import eureka
 from infra.registry.accounts import RegistryAccounts
 from infra.registry.status import render_status

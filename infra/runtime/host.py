@@ -101,7 +101,9 @@ from payfn_shared.platform.config import ConfigError, Settings, load_dataclass, 
 from payfn_shared.platform.registry import InstanceInfo, RegistryClient, RegistryLease
 
 from infra.net.invoke import INVOKE_TOKEN_HEADER
-from infra.net.server import HttpServer, Refusal, Request, Response, json_refusal, load_limits
+from infra.net.limits import load_limits
+from infra.net.messages import Refusal, Request, Response, json_refusal
+from infra.net.server import HttpServer
 from infra.net.serving import announce, serve_until_signal
 from infra.runtime.collectors import HostCollectors, build_collectors
 from infra.runtime.config import HostConfig

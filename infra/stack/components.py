@@ -1,263 +1,27 @@
-"""The real components of the local stack, each started as a local process.
+"""The stack's dependency components, each started as a local process, and their start order.
 
-A component knows how to prepare its data folder, the argv that runs it, one
-real protocol call that proves it healthy (a SQL query, a Redis PING, a Kafka
-metadata request, a DynamoDB call, Prometheus' readiness endpoint) and the
-idempotent provisioning that follows (users, migrations, topics, tables).
-Provisioning is idempotent so that a second ``payfn up`` changes nothing.
+MariaDB is :mod:`infra.stack.mariadb`; here are Redis, the Kafka broker, the AWS
+emulator (moto) and Prometheus. Each proves itself healthy by one real protocol call
+(a Redis PING, a Kafka metadata request, a DynamoDB call, Prometheus' readiness
+endpoint) and then provisions idempotently (topics, tables, rules and targets), so
+that a second ``payfn up`` changes nothing.
 """
 
 from __future__ import annotations
 
-import getpass
-import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
-from payfn_shared.platform.config import Settings
-
-from infra.sam.template import Template
+from infra.stack.component import Component, StackError, http_ok
+from infra.stack.mariadb import MariaDB
 
 log = logging.getLogger(__name__)
-
-#: How long a component may take to answer its first health check.
-DEFAULT_START_TIMEOUT = 45.0
-
-
-class StackError(RuntimeError):
-    """A failure the CLI reports as a readable message (never a traceback)."""
-
-
-@dataclass(frozen=True)
-class StackPaths:
-    """Where the local stack keeps data, pid files and logs (all under one folder)."""
-
-    root: Path
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    def data(self, name: str) -> Path:
-        return self.root / name
-
-
-class Component(ABC):
-    """One local process of the stack."""
-
-    #: Short name used in the status table, pid file and ``payfn logs NAME``.
-    name: str
-    #: Human name in messages.
-    title: str
-    #: Environment variable that moves this component's port.
-    port_variable: str
-    #: Seconds to wait after SIGTERM before SIGKILL.
-    stop_timeout: float = 20.0
-    start_timeout: float = DEFAULT_START_TIMEOUT
-    #: False for processes on ephemeral ports (function hosts): nothing to collide with.
-    fixed_port: bool = True
-    #: Work no client waits on (consumers, the scheduler, the event-source poller,
-    #: scraping): started ``PAYFN_BACKGROUND_NICE`` nicer, so that on a busy machine it
-    #: yields the cores to the request path and catches up in the gaps, instead of
-    #: adding its share to every request's latency.
-    background: bool = False
-
-    def __init__(self, settings: Settings, paths: StackPaths, template: Template) -> None:
-        self.settings = settings
-        self.paths = paths
-        self.template = template
-
-    @property
-    @abstractmethod
-    def host(self) -> str: ...
-
-    @property
-    @abstractmethod
-    def port(self) -> int: ...
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def prepare(self) -> None:  # noqa: B027 - optional hook, most components need nothing
-        """Create the data folder and whatever must exist before the first start."""
-
-    @abstractmethod
-    def command(self) -> list[str]:
-        """argv that runs the component in the foreground."""
-
-    def environment(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    @property
-    def niceness(self) -> int:
-        """What the supervisor adds to this component's niceness when it starts it."""
-        return self.settings.background_nice if self.background else 0
-
-    @abstractmethod
-    def healthy(self) -> bool:
-        """One real protocol call with a short timeout."""
-
-    def provision(self, owned: bool) -> None:  # noqa: B027 - optional hook
-        """Idempotent set-up after the component is healthy (``owned``: we started it)."""
-
-    def url(self) -> str | None:
-        """A URL worth printing for a person, if the component has one."""
-        return None
-
-    def before_stop(self) -> None:  # noqa: B027 - optional hook, most components stop on SIGTERM alone
-        """Called just before our process of this component gets SIGTERM."""
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local http URL
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-class MariaDB(Component):
-    name = "mariadb"
-    title = "MariaDB"
-    port_variable = "PAYFN_DB_PORT"
-    stop_timeout = 60.0
-
-    @property
-    def host(self) -> str:
-        return self.settings.db_host
-
-    @property
-    def port(self) -> int:
-        return self.settings.db_port
-
-    @property
-    def datadir(self) -> Path:
-        return self.paths.data("mariadb") / "data"
-
-    @property
-    def socket(self) -> Path:
-        """The admin socket; kept short because a unix socket path is limited to 107 bytes."""
-        path = self.paths.data("mariadb") / "mysqld.sock"
-        if len(str(path)) > 100:
-            digest = hashlib.sha1(str(self.paths.root).encode(), usedforsecurity=False).hexdigest()[:12]
-            path = Path(tempfile.gettempdir()) / f"payfn-{digest}-mysqld.sock"
-        return path
-
-    def prepare(self) -> None:
-        if (self.datadir / "mysql").is_dir():
-            return
-        installer = shutil.which("mariadb-install-db")
-        if installer is None:
-            raise StackError("mariadb-install-db not found: install mariadb-server (make up does it)")
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [installer, "--no-defaults", f"--datadir={self.datadir}", f"--user={getpass.getuser()}",
-             "--auth-root-authentication-method=socket", "--skip-test-db"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            shutil.rmtree(self.datadir, ignore_errors=True)
-            output = result.stdout + result.stderr
-            raise StackError(f"mariadb-install-db failed ({result.returncode}):\n{output}")
-
-    def command(self) -> list[str]:
-        server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-        return [
-            server, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-            f"--bind-address={self.host}", f"--socket={self.socket}",
-            f"--pid-file={self.paths.data('mariadb') / 'mariadbd.pid'}", f"--user={getpass.getuser()}",
-            "--skip-name-resolve", "--max-connections=600", "--innodb-buffer-pool-size=256M",
-            "--innodb-flush-log-at-trx-commit=1", "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_unicode_ci", "--event-scheduler=ON",
-        ]
-
-    def _connect(self, user: str, password: str, database: str | None = None):
-        import pymysql
-
-        return pymysql.connect(
-            host=self.host, port=self.port, user=user, password=password, database=database,
-            connect_timeout=2, read_timeout=30, write_timeout=30, autocommit=True,
-        )
-
-    def healthy(self) -> bool:
-        import pymysql
-
-        try:
-            connection = self._connect(self.settings.db_user, self.settings.db_password)
-        except pymysql.err.OperationalError as error:
-            # Access denied still proves a live MariaDB speaking its protocol: before
-            # provisioning, payuser does not exist yet.
-            return error.args[0] in (1044, 1045, 1049, 1130)
-        with connection, connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            return cursor.fetchone() == (1,)
-
-    def _admin_sql(self, sql: str) -> None:
-        client = shutil.which("mariadb") or shutil.which("mysql")
-        if client is None:
-            raise StackError("the mariadb client is missing: install mariadb-client")
-        result = subprocess.run(
-            [client, "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch"],
-            input=sql, capture_output=True, text=True, check=False, timeout=60,
-        )
-        if result.returncode != 0:
-            raise StackError(f"MariaDB provisioning failed: {result.stderr.strip()}")
-
-    def provision(self, owned: bool) -> None:
-        from infra.stack.schema import apply_migrations
-
-        s = self.settings
-        if owned:
-            self._admin_sql(self._users_sql())
-        connection = self._connect(s.db_user, s.db_password, s.db_name)
-        with connection:
-            apply_migrations(connection)
-        if owned:
-            self._admin_sql(f"USE `{s.db_name}`;\n" + self._reader_guard_sql())
-
-    def _users_sql(self) -> str:
-        """payuser owns paydb; payreader may only SELECT, with the server's own bounds on it."""
-        s = self.settings
-        statements = [f"CREATE DATABASE IF NOT EXISTS `{s.db_name}` CHARACTER SET utf8mb4"]
-        reader_limits = (f" WITH MAX_STATEMENT_TIME {s.db_readonly_statement_seconds}"
-                         f" MAX_USER_CONNECTIONS {s.db_readonly_max_connections}")
-        for user, password, grant, limits in (
-            (s.db_user, s.db_password, "ALL PRIVILEGES", ""),
-            (s.db_readonly_user, s.db_readonly_password, "SELECT", reader_limits),
-        ):
-            for origin in ("127.0.0.1", "localhost", "::1"):
-                statements += [
-                    f"CREATE USER IF NOT EXISTS '{user}'@'{origin}' IDENTIFIED BY '{password}'",
-                    f"ALTER USER '{user}'@'{origin}' IDENTIFIED BY '{password}'{limits}",
-                    f"GRANT {grant} ON `{s.db_name}`.* TO '{user}'@'{origin}'",
-                ]
-        return ";\n".join(statements) + ";\n"
-
-    def _reader_guard_sql(self) -> str:
-        """The event that ends the read-only user's sessions that lock rows or run too long."""
-        s = self.settings
-        template = (Path(__file__).resolve().parent / "migrations" / "admin" / "reader_guard.sql").read_text(
-            encoding="utf-8")
-        return (template.replace("{reader}", s.db_readonly_user)
-                .replace("{statement_seconds}", str(s.db_readonly_statement_seconds + 1))
-                .replace("{transaction_seconds}", str(s.db_readonly_transaction_seconds)))
-
-    def url(self) -> str:
-        return f"mysql://{self.settings.db_user}@{self.address}/{self.settings.db_name}"
 
 
 class Redis(Component):
@@ -480,4 +244,3 @@ class Prometheus(Component):
 
 #: Start order: storage first, then what depends on it.
 INFRASTRUCTURE: tuple[type[Component], ...] = (MariaDB, Redis, KafkaBroker, MotoServer, Prometheus)
-

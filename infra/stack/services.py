@@ -23,7 +23,8 @@ from payfn_shared.platform.config import Settings
 
 from infra.runtime.functions import API_EVENT_TYPES
 from infra.sam.template import Template
-from infra.stack.components import INFRASTRUCTURE, Component, StackError, StackPaths, http_ok
+from infra.stack.component import Component, StackError, StackPaths, http_ok
+from infra.stack.components import INFRASTRUCTURE
 
 ComponentFactory = Callable[[Settings, StackPaths, Template], Component]
 

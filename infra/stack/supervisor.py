@@ -24,7 +24,7 @@ from pathlib import Path
 from payfn_shared.platform.config import Settings, load_settings, read_env_file
 
 from infra.sam.template import REPO_ROOT, Template, load_template
-from infra.stack.components import Component, StackError, StackPaths
+from infra.stack.component import Component, StackError, StackPaths
 from infra.stack.process import ManagedProcess, port_open, tail
 from infra.stack.services import ComponentFactory, ScaleFile, stack_components
 

@@ -25,7 +25,8 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from payfn_shared.platform.errors import ApiError
 
 from infra.net.asgi import AsgiBridge
-from infra.net.server import HttpServer, load_limits
+from infra.net.limits import load_limits
+from infra.net.server import HttpServer
 
 #: Every payfn tool only reads: clients may run them without asking for confirmation.
 READ_ONLY = ToolAnnotations(

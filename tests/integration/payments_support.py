@@ -20,7 +20,8 @@ import pymysql
 from kafka import KafkaConsumer, TopicPartition
 from payfn_shared.platform.config import Settings
 
-from infra.stack.components import KafkaBroker, MariaDB, Redis
+from infra.stack.components import KafkaBroker, Redis
+from infra.stack.mariadb import MariaDB
 from infra.stack.process import free_port
 from infra.stack.supervisor import Supervisor
 from tests.integration.registry_support import wait_until

@@ -15,7 +15,8 @@ from pathlib import Path
 from payfn_shared.platform.config import Settings
 
 from infra.sam.template import Template
-from infra.stack.components import Redis, StackPaths
+from infra.stack.component import StackPaths
+from infra.stack.components import Redis
 from infra.stack.process import ManagedProcess, free_port
 
 

@@ -45,7 +45,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from redis import _parsers
 from redis.utils import HIREDIS_AVAILABLE
 
-from infra.net.server import HttpServer, Request, Response
+from infra.net.messages import Request, Response
+from infra.net.server import HttpServer
 from infra.stack.components import KafkaBroker
 from infra.stack.kafka_admin import broker_ready, ensure_topics
 from tests.load import rawload

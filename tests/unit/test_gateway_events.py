@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.api_map import ApiMap, ApiRoute
 from gateway.events import (
     ProxyResultError,
     build_event,
@@ -21,8 +22,7 @@ from gateway.events import (
     map_v2_result,
     parse_query,
 )
-from gateway.routing import ApiMap, ApiRoute
-from infra.net.server import Request
+from infra.net.messages import Request
 from infra.sam.template import load_template
 from tests.gateway_support import write_template
 

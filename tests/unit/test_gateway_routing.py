@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing import (
+from gateway.api_map import ApiMap, MethodNotAllowed, cors_policy
+from gateway.spring_routes import (
     CONNECT_ONLY,
     ROUTES_PATH,
-    ApiMap,
     Failure,
-    MethodNotAllowed,
     RetryPolicy,
     RoutingConfigError,
-    cors_policy,
     load_routes,
     parse_retry,
     parse_routes,

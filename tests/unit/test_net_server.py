@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from infra.net.server import HttpServer, Limits, Refusal, Request, Response, json_refusal
+from infra.net.limits import Limits
+from infra.net.messages import Refusal, Request, Response, json_refusal
+from infra.net.server import HttpServer
 
 LIMITS = Limits(max_body_bytes=1024, max_head_bytes=2048, max_line_bytes=512, request_timeout=0.3,
                 idle_timeout=0.5, linger_seconds=1.0)

@@ -11,7 +11,7 @@ import pytest
 from payfn_shared.platform.config import Settings
 
 from infra.sam.template import load_template
-from infra.stack.components import Component, StackError
+from infra.stack.component import Component, StackError
 from infra.stack.process import free_port, port_open
 from infra.stack.supervisor import Supervisor
 
@@ -134,7 +134,7 @@ def test_background_component_and_what_it_starts_run_nicer(tmp_path: Path) -> No
 
 
 def test_only_services_without_api_routes_are_background(tmp_path: Path) -> None:
-    from infra.stack.components import StackPaths
+    from infra.stack.component import StackPaths
     from infra.stack.services import (
         EventSourcePollerService,
         FunctionHostService,
