@@ -3,40 +3,13 @@
 Why a tiny grammar instead of free text search: the monitoring API and the MCP
 ``query_payments`` tool accept what a person types ("completed merchant M1 last
 hour over 50000"), and that text must never reach SQL. The parser turns it into
-:class:`PaymentFilter` (typed values only: enums, validated ids, datetimes,
-integers); :func:`payments_query` then returns :data:`PAYMENTS_SQL` — the same
-constant text for every filter — and a parameter dict. Every optional condition
-is written as ``(%(x)s IS NULL OR column = %(x)s)``; pymysql sends the values as
-escaped literals, so MariaDB folds ``NULL IS NULL`` away and still uses the
-``(status, created_at)`` / ``created_at`` indexes.
+:class:`PaymentFilter` (typed values only); :func:`payments_query` then returns
+:data:`PAYMENTS_SQL` — the same constant text for every filter, each optional
+condition ``(%(x)s IS NULL OR column = %(x)s)`` so the indexes still apply — and
+a parameter dict. Any unknown word is rejected with 400 ``VALIDATION_FAILED``: a
+filter that silently ignored "refundd" would show every payment.
 
-The grammar (words are case-insensitive unless said otherwise; commas are spaces):
-
-=====================================  ==================================================
-``requested`` / ``authorized`` /       status REQUESTED (several status words: any of them)
-``pending``
-``completed`` / ``captured`` /         status COMPLETED
-``succeeded`` / ``successful``
-``refunded``                           status REFUNDED
-``failed`` / ``failure``               payments with an event whose publication failed
-                                       (outbox ``last_error`` set, still unpublished) —
-                                       payfn has no FAILED payment status
-``merchant X`` / ``merchant=X``        merchant_id = X (1-32 of ``A-Za-z0-9_-``)
-``today`` / ``yesterday``              created since 00:00 UTC / during yesterday (UTC)
-``last hour`` / ``last day`` /         created in the last 1 h / 24 h / 7 d
-``last week``
-``last N minutes|hours|days`` /        created in the last N units (at most 366 days)
-``last 24h`` / ``last 30m`` / ``last 7d``
-``over N`` / ``above N`` / ``> N``     amount > N (minor units); ``more than N`` too
-``under N`` / ``below N`` / ``< N``    amount < N; ``less than N`` too
-``KRW`` (3 UPPER-case letters)         currency, an ISO 4217 code (upper case only, so
-                                       that words like "top" or "try" are not currencies)
-a payment id (UUID)                    that payment
-``show``, ``payments``, ``and``, …     filler words (:data:`FILLER_WORDS`), ignored
-=====================================  ==================================================
-
-Any other word is rejected with 400 ``VALIDATION_FAILED`` naming it: a filter
-that silently ignored "refundd" would show every payment and look like an answer.
+The grammar (status, merchant, time, amount, currency, id words): docs/PAYMENTS.md#payment-filters
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """Reconciliation rules: payment state vs ledger vs outbox vs the merchant_balance projection.
 
 Pure functions over plain rows, so the rules are unit-tested on in-memory data
-and the SQL side (:mod:`payfn_shared.monitoring.database`) only fetches.
+and the SQL side (:mod:`payfn_shared.monitoring.database`) only fetches. The
+expected ledger entries and outbox events of each status come from the state
+machine in :mod:`payfn_shared.payments.domain`; a projection difference for a
+merchant active in the last ``grace_seconds`` is *lagging*, not an imbalance.
 
-What "balanced" means, per payment (the expectations come from the state machine
-in :mod:`payfn_shared.payments.domain`, the one place that defines it):
-
-- REQUESTED: no ledger entry; outbox holds PAYMENT_AUTHORIZED.
-- COMPLETED: exactly the CAPTURE entry (merchant_receivable → cash), amount and
-  currency equal to the payment's; outbox holds AUTHORIZED + CAPTURED.
-- REFUNDED: CAPTURE plus the REFUND entry (cash → merchant_receivable), same
-  amount and currency; outbox holds AUTHORIZED + CAPTURED + REFUNDED.
-- No event type twice for one payment (the relay must never duplicate a row).
-
-Per merchant and currency, the projection (consumers, eventually consistent):
-``authorized_total`` = Σ amount of every payment, ``captured_total`` = Σ amount of
-COMPLETED + REFUNDED payments, ``refunded_total`` = Σ amount of REFUNDED payments.
-A projection can only be behind while events are in flight, so a difference for
-a merchant with activity in the last ``grace_seconds`` is reported as *lagging*,
-not as an imbalance; an older difference (or a missing projection row) is one.
+What "balanced" means, per payment and per merchant: docs/PAYMENTS.md#reconciliation-rules
 """
 
 from __future__ import annotations

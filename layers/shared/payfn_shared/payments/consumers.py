@@ -1,26 +1,14 @@
 """Consumers of the payment events: decoding, idempotent effects, partial batch responses.
 
-The CONSUMER-WORKER functions are triggered by Kafka event sources (``SelfManagedKafka``
-/ ``MSK``); delivery is at least once (a batch is redelivered after any failure), so
-every effect is made idempotent by the event's ``eventId``:
+The CONSUMER-WORKER functions are triggered by Kafka event sources; delivery is
+at least once, so every effect is written in ONE transaction with its
+``processed_event`` row (consumer, eventId) and happens exactly once. The ledger
+consumer only verifies (and repairs) what ingest wrote; the balance projection
+keeps ``merchant_balance``. A poison record is reported in ``batchItemFailures``
+(dead-lettered, the rest of the batch applied); a dependency failure fails the
+whole invocation so the batch is retried instead.
 
-- the ``processed_event`` row (consumer, eventId) and the effect are written in ONE
-  transaction; a redelivered event finds its row and changes nothing, a crash
-  before the commit leaves neither, so the effect happens exactly once;
-- the ledger consumer does not normally write anything: ingest writes the ledger
-  entry in the same transaction as the status change, so the consumer verifies it
-  (amount, currency, accounts) and writes it only if it is missing (a payment row
-  changed by something other than ingest), counting it as ``repaired``;
-- the balance projection adds the amount to ``merchant_balance`` (authorized,
-  captured or refunded total of the merchant and currency).
-
-Records are independent: a poison record (invalid JSON, unknown eventType, a field
-missing) is reported in ``batchItemFailures`` (Lambda's partial batch response for
-Kafka, ``itemIdentifier: {partition: "topic-partition", offset}``) with an
-``errorType`` and ``errorMessage`` the local event-source poller copies into the DLQ
-record, while the other records of the batch are applied. A dependency failure (the
-database is down) is not the record's fault: it fails the whole invocation, so the
-poller retries the batch instead of dead-lettering good events.
+Design notes: docs/PAYMENTS.md#event-consumers
 """
 
 from __future__ import annotations

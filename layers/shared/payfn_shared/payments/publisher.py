@@ -4,32 +4,13 @@ Ingest calls :meth:`KafkaPublisher.publish_and_record` right after its transacti
 committed; the outbox relay reuses :meth:`KafkaPublisher.publish` and
 :meth:`KafkaPublisher.record_outcomes` inside its own ``SKIP LOCKED`` transaction.
 
-Why it looks like this:
-- The producer is idempotent with ``acks=all``, so broker-side retries cannot
-  duplicate or reorder a payment's events; it is created once per process and
-  reused warm, because creating one costs a metadata round trip.
-- The client is librdkafka (``confluent-kafka``): a delivery report costs
-  ~0.15 ms of the caller's CPU where a pure-Python client cost milliseconds, on
-  the hottest path of the platform (every authorize, capture and refund).
-- Every wait on the broker is bounded by ``kafka_publish_timeout_ms``: librdkafka
-  gives up on the record itself after that long (``message.timeout.ms``, which
-  covers metadata and connecting too), and the caller stops waiting a little
-  later at most, so a down broker costs a request at most that long; after enough
-  failures the breaker opens and calls are refused at once, so no request waits
-  on Kafka at all.
-- A failure never reaches the client: the row stays unpublished (attempts and
-  last error recorded) and the relay publishes it later. Marks are guarded with
-  ``published_at IS NULL`` (see :mod:`payfn_shared.payments.outbox`).
-- Marking a published row is off the request path (:class:`PublishedMarks`): the
-  broker's ack is what the request waits for; the ``published_at`` marks of a
-  process are gathered for ``outbox_mark_interval_ms`` and written by a background
-  thread in one UPDATE, which spares every request an autocommit write (a round
-  trip and a log flush). The relay leaves rows younger than its grace period
-  (3 s) alone, so it does not re-send a row whose mark is on its way; a mark that
-  never comes (process killed, database down) only means the relay sends the
-  event again, and consumers dedupe by eventId.
-- Only the Kafka protocol is used: any Kafka, Redpanda or MSK works with another
-  bootstrap address.
+Why: one warm idempotent (``acks=all``) librdkafka producer per process, since this
+is the hottest path; every broker wait is bounded by ``kafka_publish_timeout_ms``
+and the breaker, so a down broker never stalls requests; a failure never reaches
+the client (the relay publishes the row later); ``published_at`` marks are batched
+off the request path (:class:`PublishedMarks`).
+
+Design notes (timeouts, marks, the relay's grace period): docs/PAYMENTS.md#kafka-publisher
 """
 
 from __future__ import annotations

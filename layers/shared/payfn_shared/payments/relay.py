@@ -4,29 +4,12 @@ Ingest publishes each event right after its commit; a row stays unpublished only
 when Kafka was down, the breaker was open or the process died in between. The
 relay (a scheduled function, several may run at once) sends those rows later.
 
-Why it looks like this:
-- Each batch is ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` in one
-  transaction that also records the outcome (published rows in ONE guarded UPDATE,
-  ``payfn_shared.payments.outbox.mark_published``,
-  failed ones with their attempt and error): two relays never hold the same row,
-  and a row is marked (``published_at``, guarded by ``published_at IS NULL``) in
-  the transaction that locked it, so once marked no relay sends it again.
-- Rows younger than ``relay_min_age_ms`` are left to ingest, which is about to
-  publish and mark them itself; without the grace period a relay would lock a row
-  ingest is marking and make the API request wait for the lock.
-- A batch goes out pipelined (every record in flight, then every ack awaited) as
-  ONE call through the ``kafka-publisher`` breaker: one broker round trip per
-  batch, not per row. Order: at most one row per partition key is sent per batch
-  (the lowest id; the others wait for the next batch), and once a row of a key
-  fails, the later rows of that key wait for the next run, so a payment's events
-  never overtake each other through the relay. Across relays SKIP LOCKED may hand
-  a later row of a key to another relay; payfn's topics carry at most one event
-  per payment each (authorized / captured / refunded), and the consumers are
-  idempotent and order-independent, so that cannot reorder anything they see.
-- While the breaker refuses calls the relay stops at once: it neither burns the
-  attempts counter of every row each second nor hammers a broker that is down.
-- The backlog size and the age of the oldest unpublished row are returned with
-  every run; the scheduler exposes them as gauges.
+Why: each batch is locked with ``FOR UPDATE SKIP LOCKED`` and marked in the same
+transaction, so two relays never send one row; young rows are left to ingest;
+a batch is one pipelined call through the breaker, which keeps a payment's
+events in order; an open breaker stops the run at once.
+
+Design notes (ordering, grace period, gauges): docs/PAYMENTS.md#outbox-relay
 """
 
 from __future__ import annotations

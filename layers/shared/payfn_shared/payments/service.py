@@ -4,20 +4,10 @@ Each use case is one database transaction that changes the payment, writes its
 ledger line and its outbox row together (``SELECT … FOR UPDATE`` serializes
 concurrent transitions of one payment); the event is published only after the
 commit, through the breaker, and a publish failure never changes the answer.
+Authorize checks idempotency before the rate limit, so retries never spend quota;
+with the MariaDB idempotency store a new key runs in ONE transaction.
 
-Order of the checks in authorize, and why:
-validation (done by the caller) → idempotency claim → rate limit → transaction.
-An idempotent replay, a 409 or a 422 is answered before the rate limiter is
-asked, so retries of a request never spend quota; a claim that is then rate
-limited is released so that the retry after ``Retry-After`` is not "in progress".
-
-With the MariaDB idempotency store the usual case (a new key) runs all of it in
-ONE transaction: the COMPLETED idempotency record, the rate limit, the payment and
-its outbox row (one commit where the claim took another, and a request that dies
-mid-way leaves no "in progress" claim for its retry to trip over). A twin sent
-while the first is inside that transaction waits on the record's row lock (for
-milliseconds) and is answered with the replay instead of a 409. A key that already
-has a record takes the general path above.
+Design notes (order of the checks, the one-transaction path): docs/PAYMENTS.md#payments-service
 """
 
 from __future__ import annotations

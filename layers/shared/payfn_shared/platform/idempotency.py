@@ -1,34 +1,15 @@
 """Idempotency of payment requests (merchant + idempotencyKey), Powertools style.
 
-Protocol, for one request:
-1. ``claim`` writes an IN_PROGRESS record. If a live record already exists it is
-   returned instead and :func:`resolve_existing` answers: the original response
-   replayed (same body), 422 ``IDEMPOTENCY_KEY_REUSED`` (other body) or 409
-   ``REQUEST_IN_PROGRESS`` (first request still running). The claim is a plain
-   INSERT against the primary key, so of N concurrent requests exactly one wins.
-2. The winner does its work and calls ``complete`` with the response. The MariaDB
-   store does this *inside the payment's transaction*: the payment, its outbox
-   row and the COMPLETED record commit together or not at all.
-3. If the work fails, ``release`` deletes the claim so that a retry is not told
-   "in progress". If even that fails (database gone), the claim's short
-   in-progress expiry lets a retry take over later.
+Protocol: ``claim`` (an IN_PROGRESS record; of N concurrent requests exactly one
+wins the INSERT) → ``complete`` with the response → ``release`` if the work fails;
+a live record is answered by :func:`resolve_existing` (replay, 422 or 409). The
+MariaDB store completes inside the payment's transaction and offers authorize a
+one-transaction path (:meth:`MariaDbIdempotencyStore.insert_completed`). Expired
+records (default 24 h) are taken over; the ``payment`` unique key keeps the last
+word. Persistence is pluggable (:class:`IdempotencyStore`,
+``PAYFN_IDEMPOTENCY_STORE``: MariaDB or :class:`RedisIdempotencyStore`).
 
-The MariaDB store also offers authorize a one-transaction path
-(:meth:`MariaDbIdempotencyStore.insert_completed`): the COMPLETED record is written
-by one INSERT in the payment's transaction, which claims the key and completes it
-at once (one commit instead of two, and nothing left "in progress" by a request
-that died). Only when the key already has a record does authorize fall back to the
-protocol above, which then answers the replay, 409 or 422.
-
-Expired records (``expires_at``, default 24 h) are taken over by the next claim.
-The last word stays with the database: ``payment`` has a unique key on
-``(merchant_id, idempotency_key)``, so even a request arriving after expiry can
-never create a second payment for the key.
-
-Persistence is pluggable (:class:`IdempotencyStore`, ``PAYFN_IDEMPOTENCY_STORE``):
-the MariaDB store (default) joins the payment's transaction; the Redis store
-(:class:`RedisIdempotencyStore`) keeps records out of the database and is
-completed right after the commit.
+Design notes: docs/PAYMENTS.md#idempotency
 """
 
 from __future__ import annotations

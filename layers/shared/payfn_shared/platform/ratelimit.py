@@ -1,28 +1,14 @@
 """Per-merchant, per-action rate limits: one atomic Lua token bucket per (merchant, action).
 
-Why a token bucket: it needs two numbers per bucket (tokens, last refill
-time) whatever the limit, so a check is O(1) in time and memory, where a
-sliding-window log keeps one entry per request (1000 per merchant per minute)
-and a fixed window lets a merchant send twice its limit across a window
-boundary. Capacity = the limit, refilled continuously at limit / period: a
-merchant idle for a period may burst up to its whole limit, then is held to
-the average rate. ``Retry-After`` is exact: the time until one token is back.
+Why a token bucket: two numbers per bucket whatever the limit (O(1) checks), no
+double burst at window boundaries, and an exact ``Retry-After``. Refill, decision
+and write are one Lua script timed by Redis ``TIME``, so concurrent checks never
+overspend a bucket. Keys ``payfn:rl:{<merchant>}:<action>`` exist only while a
+bucket is not full, so the monitoring API finds recent users by ``SCAN``. Redis
+errors fail open (logged once per outage, counted in
+``payfn_ratelimit_fail_open_total{action}``).
 
-Atomicity: the refill, the decision and the write are one Lua script, so
-concurrent checks from any number of processes never overspend a bucket.
-Time comes from Redis ``TIME`` inside the script (one clock for the whole
-fleet, no skew between function hosts).
-
-Keys: ``payfn:rl:{<merchant>}:<action>`` (the braces are a Redis Cluster hash
-tag, so a merchant's buckets share a slot). A key exists only while its
-bucket is not full (it expires when it would be full again), so a ``SCAN`` of
-the prefix finds exactly the merchants that have used quota recently; the
-monitoring API uses that (:meth:`RateLimiter.active`, :meth:`RateLimiter.blocked`).
-
-Redis errors fail open: the request is allowed, the error is logged (once per
-outage, not once per request) and counted, both in
-:attr:`RateLimiter.fail_open_count` and in the Prometheus counter
-``payfn_ratelimit_fail_open_total{action}``.
+Design notes: docs/PAYMENTS.md#rate-limits
 """
 
 from __future__ import annotations
