@@ -1,41 +1,17 @@
 """Scrape-time collectors a function host runs because the template asks for them.
 
-A function declares them in its template ``Metadata``::
+A function declares them in its template ``Metadata`` (``payfn:collectors:
+[circuitbreaker:NAME, outbox]``) and every host that runs it exports them, once per
+host: the Redis-shared breaker's state under Resilience4j's Micrometer names, and the
+outbox backlog and oldest age.
 
-    CircuitBreakerFunction:
-      Metadata:
-        payfn:collectors: [circuitbreaker:kafka-publisher]
-    OutboxRelayFunction:
-      Metadata:
-        payfn:collectors: [outbox]
+Why at scrape time: the values live in shared storage, not in any one process, so they
+cost nothing on the request path and stay true when the functions are idle. They are
+configured from the declaring function's environment, so they read the same Redis,
+database and breaker settings. A source that cannot be read adds none of its series
+and sets ``payfn_collector_up{collector}`` to 0.
 
-and every host that runs that function exports them (the same entry declared by two
-functions of one host is collected once). Entries are ``KIND`` or ``KIND:ARGUMENT``:
-
-- ``circuitbreaker:NAME`` — the Redis-shared breaker ``NAME`` under Resilience4j's
-  Micrometer names: ``resilience4j_circuitbreaker_state{name, state}`` (1 for the
-  current state, 0 for the five others), ``..._failure_rate``, ``..._slow_call_rate``
-  (-1 below the minimum number of calls, as Resilience4j reports them),
-  ``..._buffered_calls{kind="successful"|"failed"}``,
-  ``..._slow_calls{kind="successful"|"failed"}`` and
-  ``..._not_permitted_calls_total{kind="not_permitted"}``;
-- ``outbox`` — ``payfn_outbox_backlog`` (unpublished rows) and
-  ``payfn_outbox_oldest_age_seconds`` (0 when there is none).
-
-Why at scrape time: these values live in shared storage, not in any one process, so
-they are read when Prometheus asks — one Redis round trip (the breaker's snapshot
-script) or one indexed query per scrape, nothing on the request path — and they stay
-true when the functions are idle or the relay has stopped, which is exactly when an
-alert needs them. Every host of the service exports the same fleet-wide value; the
-dashboards take ``max()``.
-
-Why configured from the declaring function's environment variables rather than the
-host's: the collector must read the same Redis and database as the function, with the
-same breaker settings — the snapshot script performs the automatic OPEN → HALF_OPEN
-transition using the configured wait, so a host using another wait would move it.
-
-A source that cannot be read adds none of its series to that scrape (a missing value
-rather than a stale one) and sets ``payfn_collector_up{collector}`` to 0.
+Series and reasons in full: docs/RUNTIME.md#infraruntimecollectors.
 """
 
 from __future__ import annotations

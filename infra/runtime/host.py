@@ -1,79 +1,17 @@
 """A function host: Lambda's runtime emulation for one service instance.
 
-Command line (what the stack supervisor runs)::
+``python -m infra.runtime.host --service NAME`` runs every template function tagged
+``payfn:service: NAME`` behind Lambda's Invoke API (``POST
+/2015-03-31/functions/{name}/invocations``, so boto3's ``lambda`` client works with
+``endpoint_url``), plus ``GET /health`` and ``GET /metrics``; it registers with the
+registry and prints ``LISTENING host:port`` once it serves.
 
-    python -m infra.runtime.host --service INGEST-SERVICE [--port 0] [--host 127.0.0.1]
-        [--functions A,B] [--template PATH] [--port-file PATH] [--no-register]
-        [--registry-url URL] [--advertise-host HOST]
+One asyncio loop (uvloop) with payfn's httptools server forwards invocations over
+Unix socketpairs to warm worker processes, so no thread or process is created per
+request. Lambda's semantics live in ``pool``/``environment``, ``invoker`` and
+``worker``; answers, timeouts, crashes and MemorySize follow Lambda.
 
-- Runs every template function tagged ``payfn:service: <service>`` (plus those named
-  by ``--functions``, e.g. untagged ones).
-- ``--port 0`` (the default) binds an ephemeral port. Once it serves, the host prints
-  ``LISTENING host:port`` on stdout and writes ``host:port`` to ``--port-file``
-  (atomically), so a supervisor learns the port without parsing logs.
-- ``GET /health`` is the health check (200, JSON ``{"status": "UP", …}``);
-  ``GET /metrics`` the Prometheus text (see "Metrics" below);
-  ``POST /2015-03-31/functions/{name}/invocations``
-  Lambda's Invoke API (``name``: logical id, FunctionName, or (partial) ARN), so boto3's
-  ``lambda`` client works with ``endpoint_url``.
-- Registers with the registry as app = service, instanceId ``hostname:service:port``,
-  renews every ``PAYFN_REGISTRY_RENEW_SECONDS`` (30), cancels on SIGTERM/SIGINT. A host
-  started with ``--functions`` only has no service name and does not register. The
-  registry being down never stops the host: it serves, logs, and retries each renewal.
-  The instance metadata carries ``metricsPath`` and ``application`` (the service name
-  in lower case, Spring's ``spring.application.name``) for Prometheus' eureka_sd_configs.
-- Knobs (``infra.runtime.config.HostConfig``): ``PAYFN_RUNTIME_MAX_ENVIRONMENTS`` (two
-  per core), ``PAYFN_RUNTIME_QUEUE_WAIT_MS`` (1000; 0 = throttle at once like Lambda),
-  ``PAYFN_RUNTIME_IDLE_SECONDS`` (300), ``PAYFN_RUNTIME_CODE_CHECK_SECONDS`` (1),
-  ``PAYFN_RUNTIME_INIT_TIMEOUT_SECONDS`` (10), ``PAYFN_RUNTIME_PREWARM`` (0 environments
-  per function started at boot), ``PAYFN_RUNTIME_LOG_LEVEL`` (INFO).
-- Exit codes: 0 clean stop, 2 bad arguments or template.
-
-Design:
-
-- One process per service instance; one asyncio loop (uvloop) with payfn's httptools
-  server (``infra.http_server``, the gateway's too). Invocations are forwarded over
-  Unix socketpairs, in length-prefixed frames, to warm worker processes
-  (``infra.runtime.worker``), one invocation at a time per worker, so no thread or
-  process is created per request. A payload over 6 MB is refused from its
-  Content-Length, before it is read.
-- Lambda's semantics live in ``environment`` (pools, concurrency, throttling, timeout
-  and crash containment), ``invoker`` (START/END/REPORT, metrics, code reload) and
-  ``worker`` (init, handler call, context, error payloads).
-- Invoke API answers follow Lambda: function errors are 200 with
-  ``X-Amz-Function-Error: Unhandled``; throttles 429 ``TooManyRequestsException``;
-  unknown functions 404 ``ResourceNotFoundException``; a non-JSON payload 400
-  ``InvalidRequestContentException``; ``Event`` → 202 (queued, never throttled),
-  ``DryRun`` → 204. A timeout kills the environment and answers 200 + Unhandled
-  ``{"errorType": "Sandbox.Timedout", "errorMessage": "RequestId: … Error: Task timed
-  out after N.NN seconds"}``; a crashed environment ``Runtime.ExitError`` (``exit
-  status 1``, ``signal: segmentation fault``…). Either way the next request gets a
-  fresh environment.
-- MemorySize is measured, not imposed with RLIMIT_AS (address space is not memory:
-  a Python process with boto3 maps far more than it uses, so RLIMIT_AS would fail
-  healthy functions): the worker's peak RSS is reported as ``Max Memory Used``, and
-  an invocation whose peak RSS exceeded MemorySize is answered as Lambda answers an
-  out-of-memory kill (``Runtime.OutOfMemory``) and its environment is replaced.
-- Logs: START/END/REPORT and the handlers' output go to stdout (the workers inherit
-  it; see ``infra.runtime.logs`` for who writes what); host diagnostics go to stderr.
-
-Metrics (``infra.runtime.metrics``, ``infra.runtime.collectors``):
-
-- An invocation whose event is an API Gateway proxy event (v1: ``resource`` and
-  ``httpMethod``; v2: ``routeKey``) is also recorded as
-  ``http_server_requests_seconds{application, uri, method, status, outcome}``, the
-  server timer of the seed's Spring services: ``uri`` is the template route, ``status``
-  the proxy result's ``statusCode`` (the execution environment reads it while the
-  result is still a dict, so the host never parses a response body), or what API
-  Gateway answers instead: 502 for a function error, 504 for a timeout, 429 for a
-  throttle. The event is already parsed once to validate the payload; two ``get``
-  calls on it are all the route costs.
-- Series written inside execution environments reach ``/metrics`` through
-  prometheus_client's multiprocess mode: a folder private to the host (removed when
-  it stops) is the environments' ``PROMETHEUS_MULTIPROC_DIR``.
-- Scrape-time collectors the template declares (``payfn:collectors`` Metadata).
-- ``/metrics`` is rendered on one dedicated thread, so a collector waiting for Redis
-  or MariaDB never stalls the event loop, and concurrent scrapes are serialised.
+Command line, knobs, design and metrics: docs/RUNTIME.md#infraruntimehost.
 """
 
 from __future__ import annotations

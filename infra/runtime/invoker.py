@@ -29,9 +29,10 @@ from typing import Any
 
 from infra.runtime import logs
 from infra.runtime.config import HostConfig
-from infra.runtime.environment import FunctionPool, InitFailed, Throttled
+from infra.runtime.environment import InitFailed
 from infra.runtime.functions import FunctionDefinition
 from infra.runtime.metrics import FunctionMetrics, HttpRouteMetrics, RuntimeMetrics
+from infra.runtime.pool import FunctionPool, Throttled
 
 log = logging.getLogger("payfn.runtime")
 

@@ -1,25 +1,15 @@
 """Prometheus metrics of a function host.
 
-Three sources end up in one ``/metrics`` page:
+Three sources end up in one ``/metrics`` page: the host's own series (Lambda's
+CloudWatch metrics as ``payfn_lambda_*`` and the Spring server timer
+``http_server_requests_seconds`` for API-event invocations); series written inside
+execution environments, summed through prometheus_client's multiprocess mode; and the
+scrape-time collectors declared in the template (``infra.runtime.collectors``).
 
-- the host's own series: Lambda's CloudWatch metrics under Prometheus names
-  (``payfn_lambda_*{function, service}``) and, for every API-event invocation, the
-  Spring/Micrometer server timer the seed's dashboard reads,
-  ``http_server_requests_seconds{application, uri, method, status, outcome}``;
-- series written inside execution environments (e.g. the rate limiter's
-  ``payfn_ratelimit_fail_open_total``): workers run with ``PROMETHEUS_MULTIPROC_DIR``
-  set to a folder private to this host, prometheus_client writes their values to
-  memory-mapped files there, and the host's ``MultiProcessCollector`` sums them at
-  scrape time (counters of environments that were retired keep counting, so a
-  total never drops when Lambda recycles an environment). The host itself runs
-  without the variable, so its hot-path series stay plain in-memory values;
-- scrape-time collectors declared in the template (``infra.runtime.collectors``).
+Labels are bounded by the template, and label children are resolved once and cached
+so recording an invocation stays cheap on the hot path.
 
-Labels are bounded by the template: ``function``/``service`` by its functions,
-``uri`` by their API event paths (anything else is ``UNKNOWN``), ``status`` by the
-HTTP status range. Label children are resolved once and cached, so recording an
-invocation costs a dictionary lookup and an ``observe``, not a label resolution per
-metric per request.
+Details: docs/RUNTIME.md#infraruntimemetrics.
 """
 
 from __future__ import annotations

@@ -2,20 +2,14 @@
 
 Started by the host (``python -m infra.runtime.worker --fd N --host-pid P [--layer DIR]…``) with
 the function's environment variables and its code folder as working directory. It
-does what Lambda's Python runtime does inside its sandbox:
-
-- *init*: put the code folder first on ``sys.path`` (``/var/task``), then each layer
-  folder (``/opt/python``), import the handler module and look the handler up, then
-  tell the host it is ready (or send the init error, the way the runtime reports it:
-  ``Runtime.ImportModuleError``, ``Runtime.HandlerNotFound``, …);
-- *invoke*, one at a time, for as long as the host keeps it warm: read an invocation
-  frame, call ``handler(event, context)`` and send back the JSON result or Lambda's
-  error payload ``{errorMessage, errorType, requestId, stackTrace}``.
+does what Lambda's Python runtime does inside its sandbox: *init* (``sys.path``,
+layers, import the handler, report ready or the init error) and then *invoke*, one
+invocation frame at a time, answering the JSON result or Lambda's error payload.
 
 Timeouts and crashes are the host's business: it kills this process, so nothing
-here needs a watchdog thread. The handler's stdout/stderr are the host's, like
-CloudWatch receiving everything the function prints; a root logging handler writes
-records as ``[LEVEL]\\t<time>\\t<request id>\\t<message>`` like the managed runtime.
+here needs a watchdog thread.
+
+Init, invoke and logging details: docs/RUNTIME.md#infraruntimeworker.
 """
 
 from __future__ import annotations

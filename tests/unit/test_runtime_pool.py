@@ -9,8 +9,9 @@ from typing import ClassVar
 
 import pytest
 
-from infra.runtime import environment as environment_module
-from infra.runtime.environment import FunctionPool, Throttled, _expire
+from infra.runtime import pool as pool_module
+from infra.runtime.environment import expire
+from infra.runtime.pool import FunctionPool, Throttled
 
 
 class StubEnvironment:
@@ -32,7 +33,7 @@ def test_expired_waiter_already_dequeued_is_throttled_not_crashed() -> None:
         while not pool.waiters:
             await asyncio.sleep(0)
         waiter = pool.waiters.popleft()
-        _expire(waiter)
+        expire(waiter)
         try:
             await task
         except BaseException as error:
@@ -80,7 +81,7 @@ class GatedEnvironment:
 
 
 def _gated_pool(monkeypatch: pytest.MonkeyPatch, limit: int, max_initialising: int) -> FunctionPool:
-    monkeypatch.setattr(environment_module, "Environment", GatedEnvironment)
+    monkeypatch.setattr(pool_module, "Environment", GatedEnvironment)
     GatedEnvironment.gate = asyncio.Event()
     GatedEnvironment.started = 0
     return FunctionPool(SimpleNamespace(logical_id="Burst"), limit=limit, init_timeout=1.0,  # type: ignore[arg-type]
