@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("payfn.registry")
 
-REALM = ("WWW-Authenticate", 'Basic realm="payfn-registry"')
+_REALM = ("WWW-Authenticate", 'Basic realm="payfn-registry"')
 
 
 class Reply(Exception):
@@ -82,7 +82,7 @@ class Call:
         account = self.server.accounts.authenticate(self.request.header("authorization"))
         if account is None:
             self.count("unauthorized")
-            raise Reply(401, "registry writes need valid credentials (HTTP Basic)", [REALM])
+            raise Reply(401, "registry writes need valid credentials (HTTP Basic)", [_REALM])
         return account
 
     def count(self, outcome: str) -> None:
