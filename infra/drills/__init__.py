@@ -8,9 +8,9 @@ with a consistency check: nothing acknowledged to a client is lost, nothing is
 applied twice (see :mod:`infra.drills.consistency`).
 
 Modules: ``config`` (timings, the ``--fast`` profile), ``report`` (steps and the
-printed report), ``client`` (the gateway client that remembers every 2xx),
-``target`` (the stack under drill: components, the event flow, a private stack),
-``consistency`` (the final check), ``load`` (the open-model load generator the
-drills and the benchmarks share; ``load_http`` its raw-connection payment flows),
-``scenarios`` and ``outage`` (the drills), ``cli`` (the ``payfn drill`` subcommand).
+printed report), ``client`` (the gateway client that remembers every 2xx), ``target``
+(the stack under drill: components, the event flow, a private stack), ``consistency``
+(the final check), ``load`` (the open-model load generator shared with the benchmarks;
+``load_http`` its raw-connection payment flows), ``steps`` (what every drill shares),
+the drills ``breaker``, ``datastores``, ``processes`` and ``outage``, and ``cli``.
 """

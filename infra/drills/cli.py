@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from infra.drills import outage, scenarios
+from infra.drills import breaker, datastores, outage, processes
 from infra.drills.client import GatewayClient
 from infra.drills.config import FAST_BREAKER_PARAMETERS, DrillConfig, load_drill_config
 from infra.drills.report import DrillFailed, Report
+from infra.drills.steps import Drill
 from infra.drills.target import DrillTarget, private_stack
 
-DRILLS: dict[str, Callable[[scenarios.Drill], None]] = {
-    "breaker": scenarios.drill_breaker,
-    "redis": scenarios.drill_redis,
-    "database": scenarios.drill_database,
-    "host": scenarios.drill_host,
-    "consumer": scenarios.drill_consumer,
+DRILLS: dict[str, Callable[[Drill], None]] = {
+    "breaker": breaker.drill_breaker,
+    "redis": datastores.drill_redis,
+    "database": datastores.drill_database,
+    "host": processes.drill_host,
+    "consumer": processes.drill_consumer,
     "broker-outage": outage.drill_broker_outage,
 }
 #: Function hosts a private stack runs per drill (the host drill kills one of two).
@@ -36,7 +37,7 @@ def run_drill(name: str, target: DrillTarget, config: DrillConfig) -> int:
     """Run one drill against ``target``; 0 when every step passed."""
     report = Report(name)
     client = GatewayClient(target.settings.gateway_url, timeout=config.drill_request_timeout_seconds)
-    drill = scenarios.Drill(target, config, report, client)
+    drill = Drill(target, config, report, client)
     try:
         DRILLS[name](drill)
     except DrillFailed:

@@ -1,20 +1,14 @@
 """The end-of-drill (and end-of-benchmark) check that nothing was lost or duplicated.
 
-Five sources must agree about the merchants a run used:
+Five sources must agree about the merchants a run used: what clients were told (every
+2xx: :class:`~infra.drills.client.ClientLedger`), the database, the transactional
+outbox, Kafka itself (drills only) and the consumers (``processed_event`` rows and the
+``merchant_balance`` projection); and, when the monitoring API is deployed, its
+reconciliation must say "balanced". Publishing and consuming are asynchronous, so the
+check first waits (bounded) for the outbox to drain and the consumers to catch up;
+only then does it assert.
 
-1. what clients were told (every 2xx answer: :class:`~infra.drills.client.ClientLedger`);
-2. the database: one ``payment`` row per acknowledged idempotency key, in the status
-   the client last saw, with exactly the ledger entries its status implies;
-3. the transactional outbox: exactly one event per transition, every row published;
-4. Kafka itself (drills only: the benchmark's volume makes a full topic scan the
-   slowest part of the run): every outbox event is in its topic;
-5. the consumers: one ``processed_event`` row per event and consumer, and the
-   ``merchant_balance`` projection equal to the sums the payments imply (an event
-   applied twice would show here);
-
-and, when the monitoring API is deployed, its reconciliation must say "balanced".
-Publishing and consuming are asynchronous, so the check first waits (bounded) for
-the outbox to drain and the consumers to catch up; only then does it assert.
+What each source must show: docs/DRILLS.md#infradrillsconsistency
 """
 
 from __future__ import annotations

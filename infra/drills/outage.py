@@ -1,43 +1,16 @@
 """The broker-outage drill: the broker stopped for a minute under a steady flow of payments.
 
 Issue #5's must-show, end to end through the gateway: authorize → capture → refund
-flows arrive at a steady rate; the broker is stopped (the supervisor's SIGTERM) for
+flows arrive at a steady rate (open model); the broker is stopped for
 ``drill_broker_outage_seconds`` (60 s) while they keep arriving, then started; the load
-runs on until the breaker has closed again and a little longer. Afterwards every
-outbox row must be published and every event applied exactly once: the counts of
-payments, ledger entries per transition, outbox rows, ``processed_event`` rows and the
-projection totals must match the flows the clients completed exactly, and every
-consumer group's committed offsets must have reached the end of its topics.
+runs on until the breaker has closed again and a little longer. Every answer must be
+2xx (a runtime throttle retried to success excepted); afterwards every outbox row must
+be published and every event applied exactly once (database counts, projections and
+each event read back from Kafka match the completed flows), and every consumer group's
+committed offsets must reach the end of its topics.
 
-Why it looks like this:
-
-- Open model: flows ARRIVE at the configured rate whatever the system does, each on a
-  worker of a fixed pool; an arrival that finds no free worker is dropped and counted.
-  A system that slows down during the outage therefore shows as flows piling up (or
-  dropped), never as a generator that quietly sends fewer requests into the outage.
-- Clients retry only what a payment client may retry (429, 502/503/504, no answer at
-  all) and only with the same idempotency key; a capture or refund whose retry meets
-  409 asks for the payment, since its first attempt may have committed. The drill
-  asserts that every answer was 2xx, with one exception: a throttle (429 "Too Many
-  Requests" from the function runtime, before the function ran: Lambda's throttle)
-  retried to success. While the breaker is still closed, each request waits on the
-  dead broker for the publish timeout, so concurrency rises for a few seconds; the
-  local runtime caps environments per function where Lambda would scale out, and a
-  throttle has no effect to lose or duplicate. They are counted and reported. Any
-  5xx, timeout, rate-limit 429 or 409 fails the drill: the payment commits to
-  MariaDB, only publishing fails, and that must never reach the client.
-- The flows use many merchants, so per-merchant rate limits never answer 429 and blur
-  what the outage did.
-- The breaker is sampled through the gateway every second of the outage: the report
-  shows it opening (publishing failed) and refusing calls, which is what keeps the
-  requests fast while the broker is away.
-- The outbox rows waiting when the broker comes back are marked (by id) and watched
-  until published: "time to drain" is measured on exactly the outage's backlog, not
-  on rows the load keeps adding.
-- Every event is read back from Kafka, not only counted in the outbox: the broker is
-  stopped while publishes are in flight, and a record the broker acknowledged (so the
-  outbox marked it published) but did not keep across its restart is a lost event
-  that no database count would show until a consumer missed it.
+Why it looks like this (open model, retries, breaker sampling, drain time, Kafka
+read-back): docs/DRILLS.md#infradrillsoutage
 """
 
 from __future__ import annotations
@@ -76,7 +49,7 @@ from infra.drills.load import (
     timeline,
 )
 from infra.drills.report import DrillFailed
-from infra.drills.scenarios import (
+from infra.drills.steps import (
     CLOSED,
     HALF_OPEN_PARAMETER,
     OPEN,

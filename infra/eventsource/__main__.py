@@ -1,20 +1,13 @@
 """``python -m infra.eventsource``: run every Kafka event source of the template until SIGTERM.
 
-Command (the supervisor runs one or more, each with its own ``--instance``)::
+The supervisor runs one or more, each with its own ``--instance``: one poller thread
+per ``SelfManagedKafka`` / ``MSK`` event (``infra.eventsource.poller``). ``--instance``
+names this poller in every consumer group (static membership), so it must be stable
+across restarts and unique among the pollers running at once. Serves ``/metrics`` and
+``/health`` and registers as ``EVENT-SOURCE-POLLER``. Prints ``LISTENING host:port``
+once serving. Exit codes: 0 clean stop, 2 bad template.
 
-    python -m infra.eventsource [--instance NAME] [--template PATH] [--functions A,B]
-        [--host 127.0.0.1] [--port 0] [--registry-url URL] [--no-register]
-
-- One poller thread per ``SelfManagedKafka`` / ``MSK`` event (``infra.eventsource.poller``).
-- ``--instance`` names this poller in every consumer group (static membership:
-  ``group_instance_id = <group>.<instance>``). It must be stable across restarts
-  and unique among the pollers running at once (two pollers with one instance
-  name fence each other out of the group).
-- ``GET /metrics`` (``payfn_consumer_lag``,
-  ``kafka_consumer_fetch_manager_records_consumed_total{application="consumer-worker"}``,
-  invocations, DLQ counts) and ``GET /health``; registered in the registry as
-  ``EVENT-SOURCE-POLLER`` with ``metricsPath`` so Prometheus scrapes it.
-- Prints ``LISTENING host:port`` once serving. Exit codes: 0 clean stop, 2 bad template.
+Command line and metrics: docs/EVENTS.md#infraeventsource__main__
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """The local EventBridge scheduler: runs the template's ``Schedule`` events.
 
-Command (one per process set, started by the supervisor)::
+Every ``Schedule`` event of every function in the template is a rule (``rate()`` and
+``cron()`` read as EventBridge reads them, UTC; disabled rules do not run). Each run
+invokes the function through the Lambda Invoke API on an UP instance of its service
+from the registry, one thread per rule: a rule never overlaps itself, and ticks missed
+meanwhile are skipped and counted, as EventBridge would not queue them. A rule may run
+at a local interval (``Metadata: payfn:local-schedule``): the relay drains the outbox
+every second locally, while AWS runs it every minute. Serves ``/metrics`` and
+``/health``; registered as app ``SCHEDULER``.
 
-    python -m infra.eventsource.scheduler [--template PATH] [--host 127.0.0.1] [--port 0]
-        [--functions A,B] [--registry-url URL] [--no-register]
-
-- Every ``Schedule`` event of every function in the template is a rule; ``rate()``
-  and ``cron()`` expressions are understood as EventBridge reads them (UTC). A rule
-  with ``Enabled: false`` (or ``State: DISABLED``) does not run.
-- Locally a rule may run at another interval than deployed: a function's resource
-  ``Metadata: {payfn:local-schedule: {<EventName>: {IntervalSecondsVariable: VAR,
-  DefaultIntervalSeconds: N}}}`` makes the rule run every ``$VAR`` (default N)
-  seconds. The relay uses it to drain the outbox every second locally, while AWS
-  runs it every minute.
-- Each run invokes the function through the Lambda Invoke API on an UP instance
-  of its service from the registry (round-robin) with EventBridge's scheduled-event
-  payload (or the rule's ``Input``). One thread per rule, runs strictly one after
-  the other: a rule never overlaps itself; ticks missed meanwhile are skipped and
-  counted (``payfn_scheduler_skipped_total``), as EventBridge would not queue them.
-- ``GET /metrics``, ``GET /health``; registered as app ``SCHEDULER``. Numeric
-  ``metrics`` returned by a function (the relay's ``payfn_outbox_backlog``,
-  ``payfn_outbox_oldest_age_seconds``) become gauges labelled with the function.
+Command line, local intervals and metrics: docs/EVENTS.md#infraeventsourcescheduler
 """
 
 from __future__ import annotations

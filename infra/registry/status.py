@@ -1,24 +1,14 @@
 """The operator's status page, served by the registry next to its dashboard (``GET /status``).
 
 What an operator looks at first, on one page that refreshes itself every few seconds:
-firing alerts, then each service with its instances (from the registry's own leases,
-so it is right even when Prometheus is not), then the payment path's vital signs from
-Prometheus — request rate and 5xx share, the kafka-publisher breaker, the outbox
-backlog and its oldest event, consumer lag.
+firing alerts, each service with its instances (from the registry's own leases, so it
+is right even when Prometheus is not), and the payment path's vital signs from
+Prometheus (request rate and 5xx share, the kafka-publisher breaker, the outbox backlog
+and its oldest event, consumer lag). Rendered on the server with a meta refresh, no
+JavaScript; when Prometheus is down the page still renders the registry part.
 
-Why a meta refresh rather than JavaScript: the page is rendered on the server from
-data fetched at request time, works with scripts disabled and in a headless browser's
-``--dump-dom``, and a refresh re-reads everything at once, so the numbers on one
-screen are always from the same moment.
-
-Prometheus is asked with one instant query per figure (a handful of milliseconds
-locally; firing alerts are its ``ALERTS`` series), each bounded by a short timeout:
-when Prometheus is down the page still renders the registry part and says that the
-rest is unavailable.
-
-The registry server calls :func:`render_status` with its store's ``apps()``; the page
-has stable element ids (``instances-<APP>``, ``breaker-state-<name>``,
-``outbox-backlog``, …) so that tests and scripts can read it.
+The registry server calls :func:`render_status` with its store's ``apps()``; element
+ids are stable for tests and scripts. Why it looks like this: docs/REGISTRY.md#infraregistrystatus
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 from payfn_shared.platform.breaker import BreakerConfig
 
+from infra.drills.breaker import surely_opens
 from infra.drills.client import Answer, ClientLedger
 from infra.drills.consistency import FlowState
 from infra.drills.load_http import Connection
 from infra.drills.report import DrillFailed, Report
-from infra.drills.scenarios import surely_opens
 
 
 def test_report_stops_at_the_first_failed_check_and_counts_only_checks() -> None:
