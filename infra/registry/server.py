@@ -86,8 +86,6 @@ class RegistryMetrics:
 
 #: Register bodies are a few KiB (metadata is bounded at 16 KiB by ``eureka``).
 REGISTRY_MAX_BODY_BYTES = 64 * 1024
-#: Writes, answered 401 without valid credentials (reads stay open).
-WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 
 class RegistryServer:
