@@ -18,8 +18,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from payfn_shared.platform.config import MAX_NICE
-
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
@@ -83,8 +81,10 @@ class ManagedProcess:
               cwd: Path | None = None, niceness: int = 0) -> int:
         """Start the process in a session of its own; ``niceness`` is added to ours.
 
-        The niceness is set on the new process right after it is created, while it is
-        still starting its interpreter, so every process it starts later inherits it.
+        The niceness is applied in the child between fork and exec (``os.nice`` only: no
+        lock a thread of ours could hold), so it is in place when ``Popen`` returns and
+        every process the program starts inherits it; set from here after the fork, a
+        child the program started at once could win the race and keep the old niceness.
         """
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -94,10 +94,8 @@ class ManagedProcess:
             self._popen = subprocess.Popen(
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+                preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
             )
-        if niceness:
-            own = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, self._popen.pid, min(MAX_NICE, own + niceness))
         self.pid_file.write_text(str(self._popen.pid))
         return self._popen.pid
 

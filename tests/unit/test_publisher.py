@@ -176,7 +176,8 @@ def test_published_marks_leave_the_request_and_are_written_together() -> None:
     while not database.statements and time.monotonic() < deadline:
         time.sleep(0.01)
     [(sql, params, thread)] = database.statements
-    assert sql.startswith("UPDATE outbox_event SET published_at") and "published_at IS NULL" in sql
+    assert sql.startswith("UPDATE outbox_event FORCE INDEX (PRIMARY) SET published_at")
+    assert "published_at IS NULL" in sql
     assert params == (11, 12, 13)
     assert thread == "outbox-marks"
 
@@ -197,7 +198,7 @@ def test_mark_interval_zero_marks_in_the_request() -> None:
     publisher = _marking_publisher(interval_ms=0)
     publisher.publish_and_record([_record(31)], database)  # type: ignore[arg-type]
     [(sql, params, thread)] = database.statements
-    assert sql.startswith("UPDATE outbox_event SET published_at") and params == (31,)
+    assert sql.startswith("UPDATE outbox_event FORCE INDEX (PRIMARY) SET published_at") and params == (31,)
     assert thread == threading.current_thread().name
 
 

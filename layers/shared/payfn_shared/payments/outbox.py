@@ -67,7 +67,8 @@ def insert_event(cursor: Cursor, event: PaymentEvent, created_at: datetime) -> O
 
 #: ``{ids}`` becomes one ``%s`` placeholder per row (``in_list``): the ids stay parameters.
 MARK_PUBLISHED = (
-    "UPDATE outbox_event SET published_at = UTC_TIMESTAMP(3), attempts = attempts + 1, last_error = NULL"
+    "UPDATE outbox_event FORCE INDEX (PRIMARY)"
+    " SET published_at = UTC_TIMESTAMP(3), attempts = attempts + 1, last_error = NULL"
     " WHERE id IN ({ids}) AND published_at IS NULL"
 )
 
@@ -75,11 +76,12 @@ MARK_PUBLISHED = (
 def mark_published(executor: Executor, outbox_ids: Iterable[int]) -> int:
     """Mark rows published (only those not yet marked) in one statement; returns how many.
 
-    ``id IN (…) AND published_at IS NULL`` is served as one point lookup per id in
-    the ``(published_at, id)`` index, so the UPDATE locks exactly the rows it marks;
-    a join on a JSON list of ids was planned as a scan of every unpublished row,
-    which during a broker outage would lock the whole backlog (and the gap ingest
-    inserts into) on every mark.
+    ``FORCE INDEX (PRIMARY)`` makes ``id IN (…)`` one primary-key point lookup per id
+    whatever the table holds, so the UPDATE locks exactly the rows it marks. Left to
+    the optimizer, a small table was scanned, and under REPEATABLE READ a scan locks
+    every row it reads: two relays marking their own batches deadlocked on each
+    other's rows, and the retried batch was published twice. A join on a JSON list of
+    ids was planned as a scan of every unpublished row, too.
     """
     ids = [int(outbox_id) for outbox_id in outbox_ids]
     if not ids:
