@@ -83,8 +83,9 @@ def _align_configs(admin: AdminClient, topics: list[str], configs: dict[str, str
     """Set ``configs`` on the ``topics`` whose effective values differ; one warning if refused.
 
     The described values include the broker's defaults, so an already matching topic
-    is left alone; the change is incremental (the topic's other settings stay). Each topic answers on its own future, so a refusal of one (an
-    unknown topic) is collected with the others into the one warning.
+    is left alone; the change is incremental (the topic's other settings stay). Each
+    topic answers on its own future, so a refusal of one (an unknown topic) is
+    collected with the others into the one warning.
     """
     if not topics:
         return

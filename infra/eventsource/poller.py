@@ -28,6 +28,11 @@ Lambda's Kafka semantics, with only the Kafka protocol (any Kafka, Redpanda, MSK
   ``PAYFN_EVENTSOURCE_DEPENDENCY_ERROR_TYPES``). Those wait and retry without
   limit, with capped backoff, holding the partition — as Lambda waits for a
   throttled or failing function.
+
+kafka-python stays here because librdkafka's consumer cannot idle on noida-db, which answers an empty
+Fetch at once: measured idle, one Consumer took 46-50 % of a core and the broker 35-39 % (no setting
+curbs it); pausing caught-up partitions idled at < 1 % but delayed events at 300/s by p50 0.9-1.5 s,
+p99 3-4 s, and with 3 ms polls delivered 0 of 3,000 in 20 s (the stall 7e92a0d reverted).
 """
 
 from __future__ import annotations
