@@ -185,26 +185,19 @@ def describe_progress(state: FlowState) -> str:
 
 def kafka_event_counts(bootstrap: str, event_ids: Iterable[str], timeout: float = 30.0) -> Counter[str]:
     """How often each wanted eventId is in the payment topics (a full read, no consumer group)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from infra.stack.kafka_admin import TopicRecord, partitions_of, read_back_consumer, read_to_end
 
     wanted = set(event_ids)
     counts: Counter[str] = Counter()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=1000, request_timeout_ms=10000)
+
+    def count(record: TopicRecord) -> None:
+        event_id = (dict(record.headers).get("eventId") or b"").decode()
+        if event_id in wanted:
+            counts[event_id] += 1
+
+    consumer = read_back_consumer(bootstrap)
     try:
-        partitions = [TopicPartition(topic, p) for topic in TOPIC_BY_EVENT_TYPE.values()
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(consumer.position(tp) < end[tp] for tp in partitions):
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for record in records:
-                    headers = dict(record.headers or ())
-                    event_id = headers.get("eventId", b"").decode()
-                    if event_id in wanted:
-                        counts[event_id] += 1
+        read_to_end(consumer, partitions_of(consumer, TOPIC_BY_EVENT_TYPE.values()), timeout, count)
     finally:
         consumer.close()
     return counts
@@ -217,24 +210,18 @@ def consumer_lag(bootstrap: str, groups: Mapping[str, Sequence[str]]) -> dict[st
     Read over the Kafka protocol, not from the poller's metrics: the check must hold for
     whatever consumes (our poller, Lambda's own event-source mapping on AWS).
     """
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from infra.stack.kafka_admin import committed_offsets, end_offsets, partitions_of, read_back_consumer
 
-    servers = bootstrap.split(",")
-    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, request_timeout_ms=10000)
+    consumer = read_back_consumer(bootstrap)
     try:
         lag = {}
         for group, topics in groups.items():
-            committed = admin.list_group_offsets({group: None}).get(group, {})
-            partitions = [TopicPartition(topic, p) for topic in topics
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            ends = consumer.end_offsets(partitions)
-            lag[group] = sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0
-                                         else 0) for tp in partitions)
+            committed = committed_offsets(bootstrap, group, topics)
+            ends = end_offsets(consumer, partitions_of(consumer, topics))
+            lag[group] = sum(end - (committed.get(key) or 0) for key, end in ends.items())
         return lag
     finally:
         consumer.close()
-        admin.close()
 
 
 def describe_outbox_rows(settings: Settings, event_ids: Sequence[str]) -> str:

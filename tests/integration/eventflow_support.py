@@ -21,12 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Producer
 from payfn_shared.platform.config import Settings
 
 from infra.sam.template import REPO_ROOT
-from infra.stack.kafka_admin import ensure_topics
+from infra.stack.kafka_admin import (
+    TopicRecord,
+    committed_offsets,
+    ensure_topics,
+    partitions_of,
+    read_back_consumer,
+    read_records,
+)
 from tests.integration.registry_support import wait_until
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "eventflow"
@@ -186,47 +192,37 @@ def payment_event(event_type: str, merchant: str, amount: int, event_id: str | N
 
 def produce(settings: Settings, topic: str, values: list[bytes], key: bytes = b"k") -> None:
     """Write ``values`` to one partition of ``topic`` (same key), in order, acked."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all")
-    try:
-        for value in values:
-            producer.send(topic, key=key, value=value, headers=[("eventType", b"TEST")])
-        producer.flush(timeout=10)
-    finally:
-        producer.close(timeout=5)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, key=key, value=value, headers=[("eventType", b"TEST")])
+    left = producer.flush(10)
+    assert left == 0, f"{left} of {len(values)} records not acknowledged"
 
 
-def read_all(settings: Settings, topic: str, expected: int, timeout: float = 20) -> list[Any]:
+def read_all(settings: Settings, topic: str, expected: int, timeout: float = 20) -> list[TopicRecord]:
     """Every record of ``topic`` once ``expected`` have arrived (no group, from the beginning)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","), enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=500)
+    consumer = read_back_consumer(settings.kafka_bootstrap)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
+        starts = dict.fromkeys(partitions_of(consumer, [topic]), OFFSET_BEGINNING)
+        records: list[TopicRecord] = []
+        batches = read_records(consumer, starts, timeout + 1)
 
         def enough() -> bool:
-            records.extend(consumer)
+            records.extend(next(batches, []))
             return len(records) >= expected
 
-        wait_until(enough, timeout=timeout, interval=0.1)
+        wait_until(enough, timeout=timeout, interval=0)
         return records
     finally:
         consumer.close()
 
 
 def committed(settings: Settings, group: str, topic: str) -> dict[int, int | None]:
-    """The group's committed offsets per partition (None: nothing committed), as the poller's
-    librdkafka consumer reads them (without joining the group)."""
-    consumer = confluent_kafka.Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
-                                         "enable.auto.commit": False})
-    try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        offsets = consumer.committed([confluent_kafka.TopicPartition(topic, p) for p in partitions],
-                                     timeout=10)
-        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in offsets}
-    finally:
-        consumer.close()
+    """The group's committed offsets per partition (None: nothing committed), read without
+    joining the group."""
+    return {partition: offset for (_, partition), offset
+            in committed_offsets(settings.kafka_bootstrap, group, [topic]).items()}
 
 
 SCHEDULED_FUNCTION = """\

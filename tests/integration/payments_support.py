@@ -8,7 +8,6 @@ component get a private one from the supervisor's own component classes.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-from kafka import KafkaConsumer, TopicPartition
 from payfn_shared.platform.config import Settings
 
+from infra.stack import kafka_admin
 from infra.stack.components import KafkaBroker, Redis
+from infra.stack.kafka_admin import PartitionKey, TopicRecord, partitions_of, read_back_consumer, read_records
 from infra.stack.mariadb import MariaDB
 from infra.stack.process import free_port
 from infra.stack.supervisor import Supervisor
@@ -72,36 +72,30 @@ def count(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> int
         return int(cursor.fetchone()[0])
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+def end_offsets(bootstrap: str, topic: str) -> dict[PartitionKey, int]:
+    consumer = read_back_consumer(bootstrap)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        return dict(consumer.end_offsets(partitions))
+        return kafka_admin.end_offsets(consumer, partitions_of(consumer, [topic]))
     finally:
         consumer.close()
 
 
 def find_record(
-    bootstrap: str, topic: str, start: dict[TopicPartition, int], key: str, wait_s: float = 10.0
-) -> Any:
+    bootstrap: str, topic: str, start: dict[PartitionKey, int], key: str, wait_s: float = 10.0
+) -> TopicRecord | None:
     """The first record with ``key`` written after ``start`` offsets (None if none arrives)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = read_back_consumer(bootstrap)
     try:
-        consumer.assign(list(start))
-        for partition, offset in start.items():
-            consumer.seek(partition, offset)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    if record.key == key.encode():
-                        return record
+        for batch in read_records(consumer, start, wait_s):
+            for record in batch:
+                if record.key == key.encode():
+                    return record
         return None
     finally:
         consumer.close()
 
 
-def payload_of(record: Any) -> dict[str, Any]:
+def payload_of(record: TopicRecord) -> dict[str, Any]:
     return json.loads(record.value)
 
 

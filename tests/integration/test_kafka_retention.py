@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from payfn_shared.platform.config import load_settings
 
 from infra.stack.kafka_admin import RETENTION_MS, _align_configs, ensure_topics
@@ -24,31 +23,29 @@ def bootstrap() -> str:
 
 
 @pytest.fixture
-def admin(bootstrap: str) -> Iterator[KafkaAdminClient]:
-    client = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="payfn-test-retention",
-                              request_timeout_ms=10000)
-    yield client
-    client.close()
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "payfn-test-retention"})
 
 
 @pytest.fixture
-def topic(admin: KafkaAdminClient) -> Iterator[str]:
+def topic(admin: AdminClient) -> Iterator[str]:
     """A topic name of this test's own, deleted afterwards if the test created it."""
     name = f"test.retention.{uuid.uuid4().hex[:10]}"
     yield name
-    if name in admin.list_topics():
-        admin.delete_topics([name])
+    if name in admin.list_topics(timeout=10).topics:
+        admin.delete_topics([name], request_timeout=10)[name].result()
 
 
-def retention_of(admin: KafkaAdminClient, topic: str) -> str | None:
+def retention_of(admin: AdminClient, topic: str) -> str | None:
     """The broker's effective ``retention.ms`` of ``topic`` (default or set)."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs=[RETENTION_MS])
-    described = admin.describe_configs([resource], config_filter="all")
-    return described["topic"][topic].get(RETENTION_MS, {}).get("value")
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    (future,) = admin.describe_configs([resource], request_timeout=10).values()
+    entry = future.result().get(RETENTION_MS)
+    return None if entry is None else entry.value
 
 
 def test_new_topics_get_the_retention_and_existing_ones_are_altered_to_it(
-    bootstrap: str, admin: KafkaAdminClient, topic: str,
+    bootstrap: str, admin: AdminClient, topic: str,
 ) -> None:
     assert ensure_topics(bootstrap, 1, (topic,), retention_ms=60_000) == [topic]
     assert retention_of(admin, topic) == "60000"
@@ -61,7 +58,7 @@ def test_new_topics_get_the_retention_and_existing_ones_are_altered_to_it(
 
 
 def test_a_refused_alteration_is_one_warning_not_an_error(
-    admin: KafkaAdminClient, caplog: pytest.LogCaptureFixture,
+    admin: AdminClient, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker refuses altering topics it does not have; start-up must go on regardless."""
     missing = [f"test.retention.missing.{uuid.uuid4().hex[:10]}" for _ in range(2)]

@@ -14,14 +14,13 @@ from typing import Any
 import boto3
 import pymysql
 import pytest
-from confluent_kafka import Producer
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from payfn_shared.payments.topics import ALL_TOPICS
 from payfn_shared.platform.config import Settings
 
 from infra.stack.components import KafkaBroker
-from infra.stack.kafka_admin import ensure_topics
+from infra.stack.kafka_admin import ensure_topics, read_back_consumer, read_to_end
 from infra.stack.process import free_port
 from infra.stack.schema import discover
 from infra.stack.supervisor import Supervisor
@@ -62,38 +61,34 @@ def test_redis_set_get(redis_client) -> None:
 
 
 def test_payment_topics_exist(settings: Settings) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        assert set(ALL_TOPICS) <= set(admin.list_topics())
-    finally:
-        admin.close()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    assert set(ALL_TOPICS) <= set(admin.list_topics(timeout=10).topics)
 
 
 def test_kafka_produce_consume_in_group_with_commit(settings: Settings) -> None:
     topic, group = f"test.stack.{uuid.uuid4().hex[:8]}", f"test-group-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                         "acks": "all"})
     for i in range(5):
-        producer.send(topic, key=b"k", value=f"m{i}".encode(), headers=[("eventId", str(i).encode())])
+        producer.produce(topic, key=b"k", value=f"m{i}".encode(), headers=[("eventId", str(i).encode())])
     producer.flush(10)
-    producer.close()
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                             group_instance_id=f"{group}-1", auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                         "group.instance.id": f"{group}-1", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
     received = []
     deadline = time.monotonic() + 20
     while len(received) < 5 and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            received.extend(records)
-    consumer.commit()
-    committed = consumer.committed(TopicPartition(topic, 0))
+        received.extend(message for message in consumer.consume(5, 0.5) if message.error() is None)
+    consumer.commit(asynchronous=False)
+    (committed,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     consumer.close()
-    assert [r.value for r in received] == [f"m{i}".encode() for i in range(5)]
-    assert received[0].headers == [("eventId", b"0")]
-    assert committed == 5
+    assert [r.value() for r in received] == [f"m{i}".encode() for i in range(5)]
+    assert received[0].headers() == [("eventId", b"0")]
+    assert committed.offset == 5
 
 
 def test_dynamodb_registry_table_put_get(settings: Settings) -> None:
@@ -158,16 +153,12 @@ def test_stopping_the_broker_keeps_every_acknowledged_record(settings: Settings,
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int) -> set[bytes]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
+    consumer = read_back_consumer(bootstrap)
     seen: set[bytes] = set()
-    deadline = time.monotonic() + 30
-    while any(consumer.position(tp) < end[tp] for tp in parts):
-        assert time.monotonic() < deadline, "could not read the topic back"
-        for records in consumer.poll(timeout_ms=500).values():
-            seen.update(record.value for record in records)
-    consumer.close()
+    try:
+        complete = read_to_end(consumer, [(topic, p) for p in range(partitions)], 30,
+                               lambda record: seen.add(record.value or b""))
+    finally:
+        consumer.close()
+    assert complete, "could not read the topic back"
     return seen

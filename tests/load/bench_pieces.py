@@ -11,7 +11,9 @@
   and the answer each gives an invalid body (the spec's error contract is payfn's).
 - **kafka**: consuming a backlog on a private noida-db broker the event-source poller's way
   (batches of 100, a synchronous commit after each) with kafka-python and with confluent-kafka;
-  records/s and this process's CPU µs per record (librdkafka's threads included).
+  records/s and this process's CPU µs per record (librdkafka's threads included); then, caught
+  up, the idle cost of polling once per 200 ms (the poller's longest idle sleep): CPU % of a
+  core in this process and in the broker (librdkafka fetches between polls, kafka-python not).
 
 ``PAYFN_BENCH_SECONDS`` sets each HTTP run (default 5); servers bind 127.0.0.1 on free ports.
 """
@@ -261,7 +263,22 @@ def _drain(take: Callable[[], int], commit: Callable[[], Any], records: int, cpu
             "cpu_us_per_record": round((time.process_time() - cpu) / max(1, seen) * 1e6, 1)}
 
 
-def _consume_kafka_python(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
+#: How long a caught-up consumer is watched idling, in seconds.
+IDLE_SECONDS = 3.0
+
+
+def _idle(poll_once: Callable[[], Any], broker_pid: int) -> dict[str, float]:
+    """CPU % of a core in this process and the broker while a caught-up consumer polls every 200 ms."""
+    cpu, broker, started = time.process_time(), _cpu_seconds(broker_pid), time.monotonic()
+    while time.monotonic() - started < IDLE_SECONDS:
+        poll_once()
+        time.sleep(0.2)
+    wall = time.monotonic() - started
+    return {"idle_cpu_percent": round((time.process_time() - cpu) / wall * 100, 1),
+            "idle_broker_cpu_percent": round((_cpu_seconds(broker_pid) - broker) / wall * 100, 1)}
+
+
+def _consume_kafka_python(bootstrap: str, topic: str, records: int, broker_pid: int) -> dict[str, Any]:
     cpu = time.process_time()
     consumer = KafkaConsumer(bootstrap_servers=[bootstrap], group_id=f"bench-kp-{topic}",
                              enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=BATCH,
@@ -272,12 +289,13 @@ def _consume_kafka_python(bootstrap: str, topic: str, records: int) -> dict[str,
         return sum(len(batch) for batch in consumer.poll(timeout_ms=500, max_records=BATCH).values())
 
     try:
-        return _drain(take, consumer.commit, records, cpu)
+        drained = _drain(take, consumer.commit, records, cpu)
+        return {**drained, **_idle(lambda: consumer.poll(timeout_ms=3), broker_pid)}
     finally:
         consumer.close()
 
 
-def _consume_confluent(bootstrap: str, topic: str, records: int) -> dict[str, Any]:
+def _consume_confluent(bootstrap: str, topic: str, records: int, broker_pid: int) -> dict[str, Any]:
     cpu = time.process_time()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-ck-{topic}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -288,7 +306,8 @@ def _consume_confluent(bootstrap: str, topic: str, records: int) -> dict[str, An
         return sum(1 for message in consumer.consume(BATCH, 0.5) if message.error() is None)
 
     try:
-        return _drain(take, lambda: consumer.commit(asynchronous=False), records, cpu)
+        drained = _drain(take, lambda: consumer.commit(asynchronous=False), records, cpu)
+        return {**drained, **_idle(lambda: consumer.consume(BATCH, 0.003), broker_pid)}
     finally:
         consumer.close()
 
@@ -297,7 +316,7 @@ def bench_kafka(folder: Path, records: int) -> dict[str, Any]:
     bootstrap = f"127.0.0.1:{free_port()}"
     command = [str(KafkaBroker.binary()), "start", "--data-dir", str(folder / "kafka"), "--host", "127.0.0.1",
                "--only", "kafka", "--kafka-port", bootstrap.rsplit(":", 1)[1]]
-    with child_process(command, log=folder / "kafka.log"):
+    with child_process(command, log=folder / "kafka.log") as (broker, _):
         deadline = time.monotonic() + 60
         while not broker_ready(bootstrap):
             if time.monotonic() > deadline:
@@ -312,8 +331,8 @@ def bench_kafka(folder: Path, records: int) -> dict[str, Any]:
             producer.produce(topic, value)
             producer.poll(0)
         producer.flush(30)
-        results = {"kafka-python": _consume_kafka_python(bootstrap, topic, records),
-                   "confluent-kafka": _consume_confluent(bootstrap, topic, records)}
+        results = {"kafka-python": _consume_kafka_python(bootstrap, topic, records, broker.pid),
+                   "confluent-kafka": _consume_confluent(bootstrap, topic, records, broker.pid)}
         subprocess.run([str(KafkaBroker.binary()), "stop", "kafka", "--data-dir", str(folder / "kafka")],
                        capture_output=True, timeout=30, check=False)
         return results
