@@ -9,7 +9,6 @@ the MCP server keeps working when the gateway or a function host is the problem)
 
 from __future__ import annotations
 
-import logging
 from functools import cache
 
 from mcp.server import MCPServer
@@ -18,9 +17,6 @@ from payfn_shared.monitoring.breaker_monitor import BreakerMonitor
 from payfn_shared.monitoring.database import DatabaseMonitor
 
 from payfn_mcp.common import READ_ONLY, answer, serve
-
-# kafka-python logs every connection step at INFO; on an MCP server's stderr that drowns what matters.
-logging.getLogger("kafka").setLevel(logging.WARNING)
 
 server = MCPServer(
     "payfn-circuit-breaker",
